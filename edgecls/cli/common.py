@@ -1,0 +1,79 @@
+"""Shared CLI plumbing: user errors become `error: ...` + exit 2; YAML --config sets defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from edgecls.errors import UserError
+
+
+def _short_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call main; a UserError prints one line and exits 2 (tracebacks are for bugs only)."""
+    warnings.showwarning = _short_warning
+    try:
+        return main(argv) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML file whose keys set this command's defaults; flags given on the command line win")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Two-pass parse: read --config, apply its keys as defaults, then parse the command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_config(known.config, parser))
+    return parser.parse_args(argv)
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {p}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {p}: expected a mapping of flag names to values")
+    dests = {a.dest for a in parser._actions}
+    out = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest not in dests:
+            raise UserError(f"--config {p}: unknown key {key!r}; keys are the command's flag names (e.g. batch-size)")
+        out[dest] = value
+    return out
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'224' -> (224, 224); '56x32' or '56,32' -> (56, 32) as H x W."""
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        nums = [int(v) for v in parts if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW, e.g. 224 or 56x32") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW with sides >= 8, e.g. 224 or 56x32")
+    return nums[0], nums[1]

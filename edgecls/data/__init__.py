@@ -1,0 +1,1 @@
+"""Folder datasets: class map, image reading, preprocessing presets, verification."""

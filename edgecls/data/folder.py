@@ -1,0 +1,112 @@
+"""Folder dataset: DATASET/{train,val,test}/<class>/<image>, scanned once and verified.
+
+`scan_dataset` lists every file under each class folder, verifies that it decodes (in
+parallel, results cached by path + size + mtime) and returns the good samples plus one
+report of the bad ones, so training never meets a broken file mid-epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from edgecls.data.classmap import check_split_classes, discover_classes
+from edgecls.data.images import has_image_extension, is_hidden, load_rgb
+from edgecls.data.verify import verify_files
+from edgecls.errors import UserError
+
+
+@dataclass
+class Split:
+    name: str
+    root: Path
+    samples: list[tuple[str, int]] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def counts(self, num_classes: int) -> list[int]:
+        out = [0] * num_classes
+        for _, label in self.samples:
+            out[label] += 1
+        return out
+
+
+def list_split_files(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """Every visible file in each class folder (recursively), with its class index."""
+    files: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if not folder.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+            for fname in sorted(filenames):
+                if not is_hidden(fname):
+                    files.append((os.path.join(dirpath, fname), label))
+    return files
+
+
+def scan_split(split_dir: Path, classes: list[str], workers: int | None = None, use_cache: bool = True) -> Split:
+    split = Split(name=split_dir.name, root=split_dir)
+    files = list_split_files(split_dir, classes)
+    verdicts = verify_files([p for p, _ in files], workers=workers, use_cache=use_cache)
+    for path, label in files:
+        reason = verdicts[path]
+        if reason is None and not has_image_extension(path):
+            reason = "unsupported file extension (use .jpg .png .bmp .webp .tif)"
+        if reason is None:
+            split.samples.append((path, label))
+        else:
+            split.bad.append((path, reason))
+    return split
+
+
+def resolve_dataset(root: str | os.PathLike) -> tuple[Path, list[str]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset folder not found; expected DATASET/train/<class>/ and DATASET/val/<class>/")
+    train = root / "train"
+    if not train.is_dir():
+        raise UserError(f"{root}: no train/ folder; expected {root}/train/<class>/<images> (and val/)")
+    return root, discover_classes(train)
+
+
+def scan_dataset(
+    root: str | os.PathLike, splits=("train", "val"), workers: int | None = None, use_cache: bool = True
+) -> tuple[list[str], dict[str, Split]]:
+    """Classes from train/, then each existing split scanned and verified."""
+    root, classes = resolve_dataset(root)
+    out: dict[str, Split] = {}
+    for name in splits:
+        split_dir = root / name
+        if not split_dir.is_dir():
+            continue
+        if name != "train":
+            check_split_classes(split_dir, classes)
+        out[name] = scan_split(split_dir, classes, workers=workers, use_cache=use_cache)
+        if not out[name].samples and name == "train":
+            raise UserError(f"{split_dir}: no readable images in any class folder")
+    return classes, out
+
+
+def bad_file_report(splits: dict[str, Split]) -> str:
+    lines = [f"{path}: {reason}" for s in splits.values() for path, reason in s.bad]
+    return "\n".join(lines)
+
+
+class FolderDataset(Dataset):
+    """(path, label) samples decoded to RGB and passed through a transform."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_rgb(path)), label

@@ -1,0 +1,132 @@
+"""Dataset tools behind `edgecls data split|verify|augment|import|stats`.
+
+Each tool is a module with one importable function (`split_dataset`, `verify_dataset`,
+`augment_dataset`, `import_images`, `dataset_stats`); this file holds the few helpers they
+share: how a dataset folder is laid out, how its files are listed, and how a file is
+placed without ever overwriting another one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecls.data.images import has_image_extension, is_hidden
+from edgecls.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Layout:
+    """Where the class folders of a dataset are: {split name: folder}.
+
+    kind "splits": DIR/train/<class>/ (+ val/, test/); kind "classes": DIR/<class>/, reported
+    as the single split "all".
+    """
+
+    root: Path
+    kind: str
+    splits: dict[str, Path]
+
+
+def detect_layout(root: str | os.PathLike) -> Layout:
+    """DIR/train/... (splits) or DIR/<class>/... (a folder of class folders)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; expected DIR/train/<class>/ or DIR/<class>/ with images")
+    if (root / "train").is_dir():
+        return Layout(root, "splits", {s: root / s for s in SPLITS if (root / s).is_dir()})
+    stray = [s for s in ("val", "test") if (root / s).is_dir()]
+    if stray:
+        raise UserError(f"{root}: has {'/ and '.join(stray)}/ but no train/; add train/<class>/ "
+                        f"or rename those folders if they are classes")
+    if not visible_subdirs(root):
+        raise UserError(f"{root}: no class folders; expected DIR/train/<class>/ or DIR/<class>/ with images")
+    return Layout(root, "classes", {"all": root})
+
+
+def visible_subdirs(folder: Path) -> list[str]:
+    """Sorted names of the visible subfolders (the class rule of edgecls.data.classmap)."""
+    try:
+        return sorted(e.name for e in folder.iterdir() if e.is_dir() and not is_hidden(e.name))
+    except OSError:
+        return []
+
+
+def class_files(folder: Path, images_only: bool = False) -> list[Path]:
+    """Every visible file under a class folder (recursively), in a stable sorted order."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if is_hidden(name) or (images_only and not has_image_extension(name)):
+                continue
+            out.append(Path(dirpath) / name)
+    return out
+
+
+def free_path(path: Path) -> Path:
+    """`path` itself when nothing is there, else `stem_1.ext`, `stem_2.ext`, ... (never overwrite)."""
+    if not os.path.lexists(path):
+        return path
+    i = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+        i += 1
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy through a temp file in dst's folder, then rename: no half-written file on a crash."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_bytes(data: bytes, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_text(text: str, dst: Path) -> None:
+    atomic_write_bytes(text.encode("utf-8"), Path(dst))
+
+
+def move_file(src: Path, dst: Path) -> None:
+    """Rename when on one filesystem, else copy atomically and then remove the source."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        atomic_copy(src, dst)
+        os.unlink(src)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents

@@ -1,0 +1,1 @@
+"""Training engine: checkpoints, trainer loop, early stopping, run folder outputs."""

@@ -1,0 +1,159 @@
+"""Checkpoint contract (DESIGN.md): metadata + state_dict, written atomically, read safely.
+
+    {"format": "edgecls-checkpoint/1",
+     "model": {"name": "resnet18", "kwargs": {...}},
+     "classes": ["ants", "bees"],
+     "preprocess": {...Preprocess.to_dict()...},
+     "state_dict": {...},
+     "train": {...resume state...}   # optional
+     "metrics": {...}}               # optional
+
+Loading always uses `torch.load(weights_only=True)`: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecls.data.presets import Preprocess
+from edgecls.errors import UserError
+
+FORMAT = "edgecls-checkpoint/1"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    backbone: str,
+    model_kwargs: dict,
+    classes: list[str],
+    preprocess: Preprocess,
+    train_state: dict | None = None,
+    metrics: dict | None = None,
+) -> dict:
+    model = getattr(model, "module", model)  # unwrap DDP
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    ckpt = {
+        "format": FORMAT,
+        "model": {"name": backbone, "kwargs": dict(model_kwargs)},
+        "classes": list(classes),
+        "preprocess": preprocess.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if train_state is not None:
+        ckpt["train"] = train_state
+    if metrics is not None:
+        ckpt["metrics"] = metrics
+    return ckpt
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    atomic_torch_save(ckpt, path)
+
+
+_PICKLE_HINT = (
+    "it is a full pickled model, and unpickling can run arbitrary code, so edgecls refuses it. "
+    "Convert it once in a Python you trust: "
+    "torch.save(torch.load(PATH, weights_only=False).state_dict(), 'weights.pth'), "
+    "then pass weights.pth"
+)
+
+
+def load_raw(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True and user-facing errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: checkpoint not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # Every weights_only failure mentions "weights_only"; only a pickled object (a full
+        # model) names an unsupported global. Garbage bytes are "unreadable", not "unsafe".
+        if "Unsupported global" in str(exc):
+            raise UserError(f"{p}: {_PICKLE_HINT}") from None
+        raise UserError(f"{p}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__ + ": empty or truncated file"])[0][:200]
+        raise UserError(f"{p}: not a readable PyTorch checkpoint ({detail})") from None
+
+
+def is_edgecls_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format", "").startswith("edgecls-checkpoint/")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load an edgecls checkpoint (metadata + state_dict)."""
+    obj = load_raw(path)
+    if not is_edgecls_checkpoint(obj):
+        raise UserError(
+            f"{path}: not an edgecls checkpoint (no format tag); a bare state_dict can be used "
+            "as initial weights with --snapshot together with --backbone"
+        )
+    return obj
+
+
+def extract_state_dict(obj: Any, path: str | os.PathLike) -> dict:
+    """Weights from an edgecls checkpoint, a bare state_dict or a {'state_dict': ...} dict."""
+    if is_edgecls_checkpoint(obj):
+        return obj["state_dict"]
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {k.removeprefix("module."): v for k, v in obj.items()}
+    raise UserError(f"{path}: holds no state_dict of tensors")
+
+
+def model_from_checkpoint(ckpt: dict, model_def_path: str | None = None) -> nn.Module:
+    """Rebuild the network named in the checkpoint and load its weights (eval mode)."""
+    from edgecls.models import create_model, load_plugins
+
+    load_plugins(model_def_path)
+    spec = ckpt["model"]
+    model = create_model(spec["name"], num_classes=len(ckpt["classes"]), **spec.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """`--snapshot`: load matching weights; a head of another size is skipped (reported)."""
+    state = extract_state_dict(load_raw(path), path)
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    # BatchNorm's scalar step counters match in any two nets; they prove nothing.
+    if not any(not k.endswith("num_batches_tracked") for k in compatible):
+        raise UserError(f"--snapshot {path}: no tensor matches this backbone's layers; wrong --backbone?")
+    model.load_state_dict(compatible, strict=False)
+    return sorted(set(own) - set(compatible))

@@ -1,0 +1,174 @@
+"""Does the ONNX file give the same answers as PyTorch? Real images in, probabilities compared.
+
+Images come from --verify-dir, else the training run's val/ folder, else generated ones
+(seeded noise and gradients) so a bare checkpoint can still be checked. When an image sits in a
+folder named after a class, it also counts toward top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import yaml
+from PIL import Image
+
+from edgecls.data.images import has_image_extension, is_hidden, load_rgb
+from edgecls.data.presets import Preprocess
+from edgecls.errors import UserError
+
+FP32_MAX_DIFF = 1e-4
+
+
+@dataclass
+class Sample:
+    name: str  # path, or "generated-N"
+    image: Image.Image
+    label: int | None
+
+
+@dataclass
+class Comparison:
+    count: int
+    max_diff: float
+    agree: int
+    worst: str
+    reference_top1: float | None  # accuracy of the reference (torch) model on labelled images
+    onnx_top1: float | None
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.count if self.count else 0.0
+
+    def passed(self, tolerance: float = FP32_MAX_DIFF) -> bool:
+        return self.count > 0 and self.agree == self.count and self.max_diff <= tolerance
+
+
+def full_check(model: onnx.ModelProto) -> None:
+    """onnx.checker with full shape/type inference; a failure is a bug in export, not user input."""
+    onnx.checker.check_model(model, full_check=True)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        out += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(f) and has_image_extension(f)]
+    return out
+
+
+def _evenly(items: list, count: int) -> list:
+    if count <= 0 or len(items) <= count:
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def load_samples(folder: str | os.PathLike, classes: list[str], count: int) -> tuple[list[Sample], list[str]]:
+    """Up to `count` decodable images (spread over the folder); labels from class-named parent folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: image folder not found")
+    index = {name: i for i, name in enumerate(classes)}
+    samples, bad = [], []
+    for path in _evenly(list_images(folder), count):
+        try:
+            image = load_rgb(path)
+        except (OSError, ValueError, UserError) as exc:
+            bad.append(f"{path}: {exc}")
+            continue
+        samples.append(Sample(str(path), image, index.get(path.parent.name)))
+    if not samples:
+        raise UserError(f"{folder}: no readable images (.jpg .png .bmp .webp .tif) found")
+    return samples, bad
+
+
+def generated_samples(count: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:
+    """Seeded noise + gradient images: exercise every pixel path when no real images exist."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for i in range(count):
+        ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * rng.uniform(0.2, 1.0, 3)
+        noise = rng.normal(0, 40, (h, w, 3))
+        arr = np.clip(ramp + noise + rng.uniform(0, 80), 0, 255).astype(np.uint8)
+        out.append(Sample(f"generated-{i}", Image.fromarray(arr, "RGB"), None))
+    return out
+
+
+def dataset_val_dir(snapshot: str | os.PathLike, ckpt: dict) -> Path | None:
+    """The val/ folder the checkpoint was trained with: from the checkpoint or its run's args.yaml."""
+    data = (ckpt.get("train") or {}).get("config", {}).get("data")
+    args = Path(snapshot).parent / "args.yaml"
+    if not data and args.is_file():
+        try:
+            data = (yaml.safe_load(args.read_text()) or {}).get("data")
+        except yaml.YAMLError:
+            data = None
+    if data and (Path(data) / "val").is_dir():
+        return Path(data) / "val"
+    return None
+
+
+def batch_tensor(samples: list[Sample], preprocess: Preprocess) -> np.ndarray:
+    return np.stack([preprocess(s.image).numpy() for s in samples]).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@torch.no_grad()
+def torch_probs(model: nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
+    model.eval()
+    outs = [model(torch.from_numpy(inputs[i:i + batch])).float() for i in range(0, len(inputs), batch)]
+    return torch.softmax(torch.cat(outs), dim=1).numpy().astype(np.float64)
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_probs(sess: ort.InferenceSession, inputs: np.ndarray, graph_softmax: bool) -> np.ndarray:
+    """One image at a time when the graph's batch is fixed at 1 (the NPU form)."""
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0] == 1
+    step = 1 if fixed else 32
+    outs = [sess.run(None, {name: inputs[i:i + step]})[0] for i in range(0, len(inputs), step)]
+    out = np.concatenate(outs).astype(np.float64)
+    return out if graph_softmax else softmax(out)
+
+
+def accuracy(probs: np.ndarray, samples: list[Sample]) -> float | None:
+    labelled = [(p, s.label) for p, s in zip(probs, samples) if s.label is not None]
+    if not labelled:
+        return None
+    return float(np.mean([int(np.argmax(p)) == label for p, label in labelled]))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, samples: list[Sample], allow_ties: bool = True) -> Comparison:
+    """allow_ties: a top-1 "disagreement" between two classes whose reference probabilities differ by
+    less than that image's numeric error is a tie (common with untrained weights), not a mismatch."""
+    diff = np.abs(reference - candidate).max(axis=1)
+    rows = np.arange(len(reference))
+    cand_top = candidate.argmax(axis=1)
+    agree = reference.argmax(axis=1) == cand_top
+    if allow_ties:
+        agree |= reference.max(axis=1) - reference[rows, cand_top] <= 2 * diff
+    # The worst image: a top-1 disagreement first, else the largest difference.
+    worst_index = int(np.argmax(diff + (~agree) * 10.0))
+    return Comparison(count=len(samples), max_diff=float(diff.max()) if len(diff) else 0.0, agree=int(agree.sum()),
+                      worst=samples[worst_index].name if samples else "", reference_top1=accuracy(reference, samples),
+                      onnx_top1=accuracy(candidate, samples))

@@ -1,0 +1,358 @@
+"""One Predictor for a checkpoint (.pth) or an ONNX file: same preprocessing, softmax scores.
+
+Used by inference.py, eval_utils/eval.py and the HTTP server. Classes and preprocessing
+come from the file itself (checkpoint dict or ONNX metadata); a bare state_dict needs a
+backbone name and a class map.
+
+Thread safety: `predict_arrays` / `predict_images` may be called from several threads.
+onnxruntime's `InferenceSession.run` is documented as thread-safe; the torch forward runs
+under a lock (intra-op threads already use every core, so the lock costs no throughput).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from edgecls.data.images import MAX_PIXELS, load_rgb
+from edgecls.data.presets import Preprocess
+from edgecls.errors import UserError
+
+ONNX_SUFFIXES = (".onnx",)
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 for stability, returned as float32."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def image_error_reason(exc: BaseException) -> str:
+    """A short user-facing reason for a file that failed to decode (matches check_image's words)."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"too many pixels (over {MAX_PIXELS:,})"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image (unrecognized format)"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    return f"corrupt or truncated: {exc}"
+
+
+def _sniff_kind(path: Path) -> str:
+    """'onnx' or 'torch' from the suffix, else from the first bytes (zip / pickle = torch)."""
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return "torch" if head[:2] == b"PK" or head[:1] == b"\x80" else "onnx"
+
+
+def resolve_device(device) -> str:
+    """'cpu', 'cuda', 'cuda:N' or an int (-1 = cpu) -> a torch device string, checked."""
+    import torch
+
+    if device is None or (isinstance(device, int) and device < 0):
+        return "cpu"
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    device = str(device)
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise UserError(f"device {device!r}: use cpu or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--gpu: CUDA is not available on this machine ({device}); use --gpu -1 for the CPU")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"
+
+
+def _check_class_count(outputs: int, class_names: list[str] | None, what: str) -> None:
+    if class_names is not None and outputs != len(class_names):
+        raise UserError(
+            f"{what} has {outputs} outputs but the class map has {len(class_names)} classes; "
+            "pass the class_id.json that was written with this model"
+        )
+
+
+class _TorchRunner:
+    def __init__(self, model, device: str):
+        import torch
+
+        self.torch = torch
+        self.model = model.to(device).eval()
+        self.device = device
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with self.lock, torch.inference_mode():
+            out = self.model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            probs = torch.softmax(out.float(), dim=1)
+        return probs.cpu().numpy()
+
+
+class _OnnxRunner:
+    def __init__(self, session, softmax_applied: bool, fixed_batch_one: bool):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.softmax_applied = softmax_applied
+        self.fixed_batch_one = fixed_batch_one
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch_one and len(x) != 1:
+            out = np.concatenate([self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))])
+        else:
+            out = self.session.run(None, {self.input_name: x})[0]
+        out = np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+        return out if self.softmax_applied else softmax(out)
+
+
+class Predictor:
+    """Classify images with a checkpoint or an ONNX file; scores are softmax probabilities."""
+
+    def __init__(self, runner, *, classes: list[str], preprocess: Preprocess, backbone: str, kind: str, path: str,
+                 device: str = "cpu"):
+        self._run = runner
+        self.classes = list(classes)
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.kind = kind
+        self.path = path
+        self.device = device
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_path(cls, path, *, device="cpu", backbone=None, model_def_path=None, class_names=None,
+                  num_threads=None, preprocess: Preprocess | None = None) -> "Predictor":
+        """Load a .pth (edgecls checkpoint or bare state_dict) or a .onnx file.
+
+        `class_names` overrides the stored names (same count required); `preprocess`
+        overrides the stored preprocessing (needed for bare state_dicts' non-default sizes
+        and for ONNX files without edgecls metadata).
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: model file not found")
+        class_names = None if class_names is None else [str(c) for c in class_names]
+        device = resolve_device(device)
+        if _sniff_kind(p) == "onnx":
+            return cls._from_onnx(p, device, class_names, num_threads, preprocess)
+        return cls._from_torch(p, device, backbone, model_def_path, class_names, num_threads, preprocess)
+
+    @classmethod
+    def _from_torch(cls, p, device, backbone, model_def_path, class_names, num_threads, preprocess):
+        import torch
+
+        from edgecls.engine.checkpoint import extract_state_dict, is_edgecls_checkpoint, load_raw, model_from_checkpoint
+        from edgecls.models import create_model, get_spec, load_plugins
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        obj = load_raw(p)
+        if is_edgecls_checkpoint(obj):
+            _check_class_count(len(obj["classes"]), class_names, f"checkpoint {p}")
+            model = model_from_checkpoint(obj, model_def_path)
+            classes = class_names or list(obj["classes"])
+            prep = preprocess or Preprocess.from_dict(obj["preprocess"])
+            name = obj["model"]["name"]
+            if backbone and backbone != name:
+                import warnings
+
+                warnings.warn(f"--backbone {backbone} ignored: {p} is a {name} checkpoint", stacklevel=2)
+        else:
+            state = extract_state_dict(obj, p)
+            if not backbone:
+                raise UserError(f"{p}: a bare state_dict (no edgecls metadata); pass --backbone and --class_id_path")
+            if class_names is None:
+                raise UserError(f"{p}: a bare state_dict carries no class names; pass --class_id_path class_id.json")
+            load_plugins(model_def_path)
+            spec = get_spec(backbone)
+            model = create_model(backbone, num_classes=len(class_names))
+            _load_state_checked(model, state, p, backbone, len(class_names))
+            model.eval()
+            classes, name = class_names, backbone
+            prep = preprocess or Preprocess(input_size=spec.input_size, preset=spec.preprocess)
+        return cls(_TorchRunner(model, device), classes=classes, preprocess=prep, backbone=name, kind="torch",
+                   path=str(p), device=device)
+
+    @classmethod
+    def _from_onnx(cls, p, device, class_names, num_threads, preprocess):
+        import onnxruntime as ort
+
+        from edgecls.export.metadata import read_metadata
+
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError(f"{p}: this onnxruntime has no CUDA provider; use --gpu -1 (CPU) for ONNX files")
+            providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}), "CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise UserError(f"{p}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        props = session.get_modelmeta().custom_metadata_map or {}
+        if "edgecls.classes" in props or class_names is None or preprocess is None:
+            meta = read_metadata(props, str(p))
+        else:
+            meta = {"classes": class_names, "preprocess": preprocess, "backbone": "", "softmax": False}
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        if len(inp.shape) != 4:
+            raise UserError(f"{p}: input {inp.name} has shape {inp.shape}; expected N x 3 x H x W")
+        outputs = out.shape[-1] if out.shape and isinstance(out.shape[-1], int) else None
+        if outputs is not None:
+            _check_class_count(outputs, meta["classes"], f"ONNX model {p}")
+            _check_class_count(outputs, class_names, f"ONNX model {p}")
+        elif class_names is not None:
+            _check_class_count(len(meta["classes"]), class_names, f"ONNX model {p}")
+        prep = preprocess or meta["preprocess"]
+        hw = inp.shape[2:]
+        if all(isinstance(v, int) for v in hw) and tuple(hw) != tuple(prep.input_size):
+            raise UserError(f"{p}: the graph takes {hw[0]}x{hw[1]} input but the preprocessing says "
+                            f"{prep.input_size[0]}x{prep.input_size[1]}; fix --input-size")
+        fixed_one = isinstance(inp.shape[0], int) and inp.shape[0] == 1
+        runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one)
+        return cls(runner, classes=class_names or meta["classes"], preprocess=prep, backbone=meta["backbone"],
+                   kind="onnx", path=str(p), device=device)
+
+    # ---------------------------------------------------------------- predicting
+    def preprocess_image(self, img: Image.Image) -> np.ndarray:
+        """RGB PIL image -> 3xHxW float32, exactly the training's validation transform."""
+        if img.mode != "RGB":
+            from edgecls.data.images import to_rgb
+
+            img = to_rgb(img)
+        return self.preprocess.normalize_uint8(np.asarray(self.preprocess.resize_image(img), np.uint8))
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Nx3xHxW float32 (already preprocessed) -> NxC softmax probabilities."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        h, w = self.preprocess.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
+            raise UserError(f"input batch has shape {batch.shape}; expected N x 3 x {h} x {w}")
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        probs = self._run(batch)
+        if probs.shape[1] != len(self.classes):
+            raise UserError(f"{self.path}: the model gives {probs.shape[1]} scores but there are "
+                            f"{len(self.classes)} class names; pass the matching class map")
+        return probs
+
+    def predict_images(self, images: list[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.predict_arrays(np.stack([self.preprocess_image(im) for im in images]))
+
+    def _load_one(self, path) -> tuple[np.ndarray | None, str | None]:
+        try:
+            img = load_rgb(path)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as exc:
+            return None, image_error_reason(exc)
+        return self.preprocess_image(img), None
+
+    def predict_paths(self, paths: Iterable, batch_size: int = 32, workers: int | None = None
+                      ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        """Yield (path, probs, None) or (path, None, reason) per path, in input order.
+
+        Decoding and preprocessing run in a thread pool (PIL and numpy release the GIL)
+        while the model works on the previous batch.
+        """
+        batch_size = max(1, int(batch_size))
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        workers = max(1, int(workers))
+        window = batch_size * 2 + workers
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecls-decode") as pool:
+            pending: deque = deque()
+            ordered: list = []  # (path, array | None, reason | None) since the last batch, in input order
+            arrays: list = []
+            it = iter(paths)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        path = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append((path, pool.submit(self._load_one, path)))
+                if not pending:
+                    break
+                path, fut = pending.popleft()
+                array, reason = fut.result()
+                ordered.append((path, array, reason))
+                if array is not None:
+                    arrays.append(array)
+                if len(arrays) >= batch_size or (exhausted and not pending):
+                    probs = self.predict_arrays(np.stack(arrays)) if arrays else None
+                    k = 0
+                    for p_, a_, r_ in ordered:
+                        if a_ is None:
+                            yield str(p_), None, r_
+                        else:
+                            yield str(p_), probs[k], None
+                            k += 1
+                    ordered, arrays = [], []
+
+    def topk(self, probs_row, k: int) -> list[tuple[float, str]]:
+        """The k best (score, class name) pairs, highest first (ties: lower class index first)."""
+        row = np.asarray(probs_row, dtype=np.float64).reshape(-1)
+        k = max(1, min(int(k), len(row)))
+        order = np.argsort(-row, kind="stable")[:k]
+        return [(float(row[i]), self.classes[i]) for i in order]
+
+    def info(self) -> dict:
+        return {
+            "backbone": self.backbone,
+            "classes": list(self.classes),
+            "num_classes": len(self.classes),
+            "input_size": list(self.preprocess.input_size),
+            "preprocess": self.preprocess.to_dict(),
+            "kind": self.kind,
+            "path": self.path,
+            "device": self.device,
+        }
+
+
+def _load_state_checked(model, state: dict, path, backbone: str, num_classes: int) -> None:
+    """load_state_dict with user-facing errors: a head of another size names both counts."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if mismatched and not missing and not unexpected:
+        heads = [k for k in mismatched if own[k].shape[1:] == state[k].shape[1:] and own[k].shape[0] == num_classes]
+        if heads == mismatched:
+            raise UserError(f"{path}: the weights have {state[heads[0]].shape[0]} outputs but the class map has "
+                            f"{num_classes} classes; pass the class_id.json written with these weights")
+    if missing or unexpected or mismatched:
+        detail = (missing or unexpected or mismatched)[:3]
+        raise UserError(f"{path}: weights do not fit --backbone {backbone} (e.g. {detail}); wrong --backbone?")
+    model.load_state_dict(state)

@@ -1,0 +1,108 @@
+// edgecls web page: pick or drop an image, POST it to /classify, draw the top-K as bars.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let previewUrl = null;
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function loadModelInfo() {
+  try {
+    const response = await fetch("/model");
+    const info = await response.json();
+    if (!info.success) throw new Error(info.error);
+    const [h, w] = info.input_size;
+    $("model-info").textContent =
+      `${info.backbone || info.kind} · ${info.num_classes} classes · input ${h}x${w} · ${info.preprocess.preset} preprocessing`;
+    $("topk").max = info.num_classes;
+    $("topk").value = Math.min(info.limits.default_topk, info.num_classes);
+  } catch (err) {
+    $("model-info").textContent = `could not read /model: ${err.message}`;
+  }
+}
+
+function drawResults(predictions) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const { label, probability } of predictions) {
+    const item = document.createElement("li");
+    item.dataset.label = label;
+    item.dataset.probability = String(probability);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = label;
+    name.title = label;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.display = "block";
+    fill.style.width = `${(probability * 100).toFixed(1)}%`;
+    track.appendChild(fill);
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = `${(probability * 100).toFixed(1)}%`;
+    item.append(name, track, score);
+    list.appendChild(item);
+  }
+}
+
+async function classify(file) {
+  showError("");
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  $("preview").src = previewUrl;
+  $("file-name").textContent = file.name;
+  $("output").hidden = false;
+  $("results").replaceChildren();
+  $("status").textContent = "classifying…";
+  const body = new FormData();
+  body.append("img", file, file.name);
+  const topk = encodeURIComponent($("topk").value || "");
+  try {
+    const response = await fetch(`/classify?topk=${topk}`, { method: "POST", body });
+    let reply;
+    try {
+      reply = await response.json();
+    } catch {
+      throw new Error(`the server answered ${response.status} without JSON`);
+    }
+    if (!reply.success) throw new Error(reply.error || `HTTP ${response.status}`);
+    drawResults(reply.predictions);
+    const best = reply.predictions[0];
+    $("status").textContent = `${best.label} (${(best.probability * 100).toFixed(1)}%)`;
+  } catch (err) {
+    $("status").textContent = "";
+    showError(err.message);
+  }
+}
+
+function setup() {
+  const zone = $("drop-zone");
+  $("file-input").addEventListener("change", (event) => {
+    const [file] = event.target.files;
+    if (file) classify(file);
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const [file] = event.dataTransfer.files;
+    if (file) classify(file);
+    else showError("drop an image file");
+  });
+  loadModelInfo();
+}
+
+document.addEventListener("DOMContentLoaded", setup);

@@ -1,0 +1,50 @@
+"""Shared fixtures: real digit images written as folders, and one small trained checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the verify cache out of the user's home during tests."""
+    os.environ["EDGECLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgecls_cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """scikit-learn digits (1,797 real 32x32 PNGs), DIR/train/<digit>/, DIR/val/<digit>/. Read-only for tests."""
+    from edgecls.data.demo import build_demo_dataset
+
+    return build_demo_dataset(tmp_path_factory.mktemp("digits") / "data", source="digits", val_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(digits_dir, tmp_path_factory) -> Path:
+    """A run folder (best.pth, last.pth, class_id.json...) of FP_classifier trained on digits; ~97% val top-1."""
+    from edgecls.engine.trainer import TrainConfig, fit
+
+    run = tmp_path_factory.mktemp("run") / "fp"
+    fit(TrainConfig(data=str(digits_dir), backbone="FP_classifier", input_size=(32, 32), epochs=6, batch_size=32,
+                    optimizer="ADAMW", lr=3e-3, hflip=0.0, crop_scale=0.8, workers=0, snapshot_path=str(run),
+                    model_def_path=None, seed=0))
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(trained_run) -> Path:
+    return trained_run / "best.pth"
+
+
+def run_cmd(args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a repo script / module in a real subprocess with the current interpreter."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -1,0 +1,208 @@
+"""Decoded-image cache: exact eval tensors, reuse and rebuild on change, crop/flip geometry, training with it."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgecls.data import cache as ic
+from edgecls.data.folder import FolderDataset, scan_dataset
+from edgecls.data.presets import Preprocess
+from edgecls.errors import UserError
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "images"
+
+
+@pytest.fixture(scope="module")
+def val_samples(digits_dir):
+    _, splits = scan_dataset(digits_dir)
+    return splits["val"].samples
+
+
+@pytest.mark.parametrize("mode", ["ram", "disk"])
+@pytest.mark.parametrize("pre", [Preprocess((56, 32), preset="kneron"),
+                                 Preprocess((40, 40), preset="imagenet", resize="center_crop", interpolation="bicubic")],
+                         ids=["squash-kneron", "center_crop-imagenet"])
+def test_cached_eval_batches_equal_uncached_eval_path(val_samples, cache_dir, mode, pre):
+    paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
+    images = ic.load_or_build(paths, ic.EvalDecoder(pre), mode, workers=1, log=lambda m: None)
+    loader = ic.CachedLoader(ic.CachedSet(images, labels), 50, torch.device("cpu"), preprocess=pre)
+    got = torch.cat([x for x, _ in loader])
+    got_labels = torch.cat([y for _, y in loader])
+    ref = FolderDataset(val_samples, pre)
+    want = torch.stack([ref[i][0] for i in range(len(ref))])
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.equal(got, want)  # bit-identical, not merely close
+    assert got_labels.tolist() == labels
+
+
+def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(digits_dir, tmp_path, cache_dir):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "val", data)
+    paths = sorted(str(p) for p in data.rglob("*.png"))
+    pre = Preprocess((32, 32), preset="unit")
+    dec = ic.EvalDecoder(pre)
+    logs: list[str] = []
+    first = ic.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
+    assert first.mode == "disk" and first.path.parent == cache_dir and len(logs) == 1
+    assert not any(n.endswith(".tmp") for n in os.listdir(cache_dir))
+    again = ic.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
+    assert len(logs) == 1 and again.path == first.path  # no second decode
+    assert np.array_equal(np.asarray(again.pixels), np.asarray(first.pixels))
+
+    # replace one image with another (new size + mtime): a new key, rebuilt, new pixels
+    target, other = paths[0], paths[-1]
+    time.sleep(0.01)
+    shutil.copyfile(other, target)
+    os.utime(target, ns=(time.time_ns(), time.time_ns()))
+    rebuilt = ic.load_or_build(paths, dec, "disk", workers=1, log=logs.append)
+    assert len(logs) == 2 and rebuilt.path != first.path
+    assert np.array_equal(rebuilt.pixels[0], rebuilt.pixels[-1])
+    assert not np.array_equal(rebuilt.pixels[0], first.pixels[0])
+
+
+def test_file_broken_after_scan_is_a_user_error_naming_it(digits_dir, tmp_path, cache_dir):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "val" / "3", data)
+    paths = sorted(str(p) for p in data.glob("*.png"))
+    with open(paths[2], "r+b") as fh:
+        fh.truncate(40)
+    with pytest.raises(UserError, match=os.path.basename(paths[2])):
+        ic.load_or_build(paths, ic.TrainDecoder((40, 40)), "ram", workers=1, log=lambda m: None)
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+    with pytest.raises(UserError, match="--cache-images none"):
+        ic.load_or_build(paths, ic.TrainDecoder((40, 40)), "disk", workers=1, log=lambda m: None)
+    assert not any(cache_dir.iterdir())  # no half-built file left
+
+
+def test_train_decoder_draft_decodes_jpeg_and_reports_upright_original_size(digits_dir, tmp_path):
+    src = next((digits_dir / "train" / "7").glob("*.png"))
+    big = Image.open(src).convert("RGB").resize((640, 480), Image.BILINEAR)
+    plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
+    big.save(plain, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    big.save(rotated, quality=95, exif=exif)
+    dec = ic.TrainDecoder((70, 70))
+    pixels, size = dec(str(plain))
+    assert pixels.shape == (70, 70, 3) and pixels.dtype == np.uint8 and size == (640, 480)
+    full = np.asarray(big.resize((70, 70), Image.BILINEAR), np.float32)
+    assert np.abs(pixels.astype(np.float32) - full).mean() < 6  # draft decode looks like the full decode
+    pixels_r, size_r = dec(str(rotated))
+    assert size_r == (480, 640)  # upright: portrait
+
+
+def test_batch_augment_boxes_follow_train_transform_rules():
+    pre = Preprocess((224, 224), preset="imagenet")
+    aug = ic.BatchAugment(pre, hflip=0.5, crop_scale=0.6)
+    sizes = torch.tensor([[500, 375]] * 2000 + [[100, 400]] * 2000, dtype=torch.int32)
+    boxes = aug.boxes(sizes, torch.Generator().manual_seed(0))
+    x0, y0, w, h = boxes.unbind(1)
+    flipped = w < 0
+    w = w.abs()
+    assert 0.4 < flipped.double().mean() < 0.6
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1 + 1e-9).all() and (y0 + h <= 1 + 1e-9).all()
+    area = w * h
+    tall = sizes[:, 1] > sizes[:, 0]
+    # landscape images: every box within [0.6, 1] of the area, pixel aspect within 3/4..4/3 of square
+    pixel_ratio = (w * sizes[:, 0]) / (h * sizes[:, 1])
+    assert (area[~tall] >= 0.6 - 0.01).all() and (area[~tall] <= 1.0).all()
+    assert (pixel_ratio[~tall] > 0.74).all() and (pixel_ratio[~tall] < 1.35).all()
+    # very tall images can rarely fit a square-ish box: the whole image is the fallback, as in TrainTransform
+    assert ((area[tall] == 1.0) | ((pixel_ratio[tall] > 0.74) & (pixel_ratio[tall] < 1.35))).all()
+    # same generator seed, same boxes (resume is exact)
+    assert torch.equal(boxes, aug.boxes(sizes, torch.Generator().manual_seed(0)))
+
+
+def test_batch_augment_crop_matches_pil_crop_and_flip_mirrors(val_samples):
+    pre = Preprocess((32, 32), preset="unit")
+    img = Image.open(val_samples[0][0]).convert("RGB").resize((96, 96), Image.BICUBIC)
+    arr = torch.from_numpy(np.array(img, np.uint8))[None]
+    size = torch.tensor([[96, 96]], dtype=torch.int32)
+
+    class FixedBox(ic.BatchAugment):
+        def __init__(self, box, *a, **k):
+            super().__init__(*a, **k)
+            self.box = box
+
+        def boxes(self, orig_sizes, generator):
+            return torch.tensor([self.box], dtype=torch.float64)
+
+    # crop the left-top 64x64 quarter-ish, downscale 2x: PIL with a box does the same geometry
+    out = FixedBox([0.0, 0.0, 64 / 96, 64 / 96], pre, hflip=0, crop_scale=0.5)(arr, size, torch.Generator())
+    want = np.asarray(img.resize((32, 32), Image.BILINEAR, box=(0, 0, 64, 64)), np.float32) / 255
+    got = out[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - want).mean() < 0.03  # same region (a wrong box differs by ~0.2)
+    wrong = np.asarray(img.resize((32, 32), Image.BILINEAR, box=(32, 32, 96, 96)), np.float32) / 255
+    assert np.abs(got - wrong).mean() > 2 * np.abs(got - want).mean()
+    mirrored = FixedBox([0.0, 0.0, -64 / 96, 64 / 96], pre, hflip=0, crop_scale=0.5)(arr, size, torch.Generator())
+    assert torch.allclose(mirrored, out.flip(-1), atol=1e-4)
+
+
+def test_cached_train_loader_is_seeded_sharded_and_covers_every_image(val_samples, cache_dir):
+    pre = Preprocess((32, 32), preset="kneron")
+    paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
+    images = ic.load_or_build(paths, ic.TrainDecoder(ic.train_cache_size(pre, 0.6)), "ram", log=lambda m: None)
+    assert images.pixels.shape[1:3] == (40, 40)  # 32 x min(1.25, 1/sqrt(0.6))
+    data = ic.CachedSet(images, labels)
+    aug = ic.BatchAugment(pre, crop_scale=0.6)
+
+    def epoch(seed):
+        loader = ic.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, augment=aug, shuffle=True, seed=seed)
+        batches = list(loader)
+        assert len(batches) == len(loader) == math.ceil(len(labels) / 64)
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    x1, y1 = epoch(5)
+    x2, y2 = epoch(5)
+    x3, y3 = epoch(6)
+    assert x1.shape == (len(labels), 3, 32, 32) and x1.dtype == torch.float32
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(y1, y3)  # another epoch, another order
+    assert sorted(y1.tolist()) == sorted(labels)
+    assert -0.51 <= x1.min() and x1.max() <= 0.5  # kneron range
+
+    from edgecls.engine.distributed import ShardSampler
+
+    shards = [ShardSampler(len(data), r, 2) for r in (0, 1)]
+    seen = [ic.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, sampler=s) for s in shards]
+    counts = [sum(len(y) for _, y in loader) for loader in seen]
+    assert sum(counts) == len(labels)  # every eval image counted exactly once across ranks
+
+
+def test_resolve_mode_budgets():
+    assert ic.resolve_mode("auto", 10 * 2**20) == "ram"
+    assert ic.resolve_mode("auto", 10 * 2**20, distributed=True) in ("disk", "ram")
+    assert ic.resolve_mode("auto", 2**60) == "none"
+    assert ic.resolve_mode("disk", 2**60) == "disk"
+    with pytest.raises(UserError, match="--cache-images"):
+        ic.resolve_mode("gpu", 1)
+
+
+def test_training_with_disk_cache_reuses_it_on_the_second_run(digits_dir, tmp_path, cache_dir, capsys):
+    from edgecls.engine.trainer import TrainConfig, fit
+
+    def run(name):
+        return fit(TrainConfig(data=str(digits_dir), backbone="FP_classifier", input_size=(32, 32), epochs=2,
+                               batch_size=32, optimizer="ADAMW", lr=3e-3, hflip=0.0, crop_scale=0.8, workers=1,
+                               snapshot_path=str(tmp_path / name), model_def_path=None, seed=0, cache_images="disk"))
+
+    first = run("a")
+    out1 = capsys.readouterr().out
+    assert out1.count("caching") == 2  # train and val caches built once
+    files = sorted(os.listdir(cache_dir))
+    second = run("b")
+    out2 = capsys.readouterr().out
+    assert "caching" not in out2 and sorted(os.listdir(cache_dir)) == files
+    assert first["best_top1"] > 0.5 and second["best_top1"] == first["best_top1"]  # same seed, same result

@@ -1,0 +1,144 @@
+"""inference.py in real subprocesses: one image, a folder, a glob, ONNX, error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cmd
+
+from edgecls.cli.inference import collect_images, json_name_for
+
+
+@pytest.fixture(scope="module")
+def small_val(digits_dir, tmp_path_factory) -> Path:
+    """A copy of 3 images per class of the digits val split (so tests may add broken files)."""
+    out = tmp_path_factory.mktemp("small") / "val"
+    for cls_dir in sorted((digits_dir / "val").iterdir()):
+        (out / cls_dir.name).mkdir(parents=True)
+        for f in sorted(cls_dir.iterdir())[:3]:
+            shutil.copy(f, out / cls_dir.name / f.name)
+    return out
+
+
+def test_single_image_prints_and_writes_topk(trained_ckpt, small_val, tmp_path):
+    img = sorted((small_val / "7").iterdir())[0]
+    save = tmp_path / "inference_result.json"
+    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(img), "--save-path", str(save),
+                 "--topk", "3"])
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(save.read_text())
+    assert rec["img_path"] == str(img) and len(rec["0_0"]) == 3
+    scores = [s for s, _ in rec["0_0"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+    assert rec["0_0"][0][1] in r.stdout
+
+
+def test_folder_writes_one_json_per_image_and_summary(trained_ckpt, small_val, tmp_path):
+    save = tmp_path / "preds.json"
+    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
+                 str(save), "--topk", "10", "--batch-size", "8"])
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "preds"
+    files = sorted(folder.glob("*.json"))
+    assert len(files) == 30
+    correct = 0
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert sum(s for s, _ in rec["0_0"]) == pytest.approx(1.0, abs=1e-5)  # all 10 classes listed
+        correct += rec["0_0"][0][1] == Path(rec["img_path"]).parent.name
+    assert correct >= 24
+    rows = list(csv.DictReader((folder / "summary.csv").open()))
+    assert len(rows) == 30 and all(r_["error"] == "" for r_ in rows)
+    assert {r_["json_file"] for r_ in rows} == {f.name for f in files}
+    # a second run refuses to mix with the first unless --force
+    again = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
+                     str(save)])
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    forced = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
+                      str(save), "--force", "--topk", "2"])
+    assert forced.returncode == 0, forced.stderr
+    assert len(list(folder.glob("*.json"))) == 30
+    assert len(json.loads(files[0].read_text())["0_0"]) == 2
+
+
+def test_onnx_and_glob_agree_with_checkpoint(trained_ckpt, small_val, tmp_path):
+    from test_predict import export_onnx
+
+    onnx_path = export_onnx(trained_ckpt, tmp_path / "m.onnx")
+    pattern = str(small_val / "*" / "*.png")
+    outs = {}
+    for flag, model in (("--snapshot", trained_ckpt), ("--onnx", onnx_path)):
+        save = tmp_path / f"out_{flag.strip('-')}"
+        r = run_cmd(["inference.py", flag, str(model), "--img-path", pattern, "--save-path", str(save)])
+        assert r.returncode == 0, r.stderr
+        outs[flag] = {json.loads(f.read_text())["img_path"]: json.loads(f.read_text())["0_0"][0][1]
+                      for f in save.glob("*.json")}
+    assert len(outs["--snapshot"]) == 30 and outs["--snapshot"] == outs["--onnx"]
+
+
+def test_corrupt_image_reported_others_classified(trained_ckpt, small_val, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(small_val / "1", folder)
+    good = sorted(folder.iterdir())
+    (folder / "broken.png").write_bytes(good[0].read_bytes()[:50])
+    (folder / "readme.txt").write_text("ignored: not an image extension")
+    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(folder), "--save-path",
+                 str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    assert "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((tmp_path / "out").glob("*.json"))) == len(good)
+    rows = {Path(x["img_path"]).name: x for x in csv.DictReader((tmp_path / "out" / "summary.csv").open())}
+    assert rows["broken.png"]["error"] and rows["broken.png"]["json_file"] == ""
+    assert "readme.txt" not in rows
+
+
+@pytest.mark.parametrize("case", ["missing_file", "empty_folder", "glob_no_match", "corrupt_single", "no_model",
+                                  "class_count", "bad_class_map"])
+def test_error_paths_exit_2_with_one_line(case, trained_ckpt, small_val, tmp_path):
+    img = str(sorted((small_val / "0").iterdir())[0])
+    args = ["--snapshot", str(trained_ckpt), "--img-path", img, "--save-path", str(tmp_path / "r.json")]
+    expect = {"missing_file": "no such file", "empty_folder": "no image files", "glob_no_match": "matches no image",
+              "corrupt_single": "corrupt", "no_model": "exactly one model", "class_count": "10 outputs",
+              "bad_class_map": "not valid JSON"}[case]
+    if case == "missing_file":
+        args[3] = str(tmp_path / "nope.png")
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / ".DS_Store").write_text("x")
+        args[3] = str(tmp_path / "empty")
+    elif case == "glob_no_match":
+        args[3] = str(tmp_path / "*.jpg")
+    elif case == "corrupt_single":
+        from PIL import Image  # a real JPEG cut short: the header decodes, the pixels do not
+
+        bad = tmp_path / "bad.jpg"
+        Image.open(img).convert("RGB").resize((64, 64)).save(bad, quality=95)
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+        args[3] = str(bad)
+    elif case == "no_model":
+        args = args[2:]
+    elif case == "class_count":
+        (tmp_path / "cls.json").write_text(json.dumps({"0": "cat", "1": "dog"}))
+        args += ["--class_id_path", str(tmp_path / "cls.json")]
+    elif case == "bad_class_map":
+        (tmp_path / "cls.json").write_text("{oops")
+        args += ["--class_id_path", str(tmp_path / "cls.json")]
+    r = run_cmd(["inference.py", *args])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expect in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_collect_images_and_unique_json_names(tmp_path):
+    for sub in ("a", "b", ".hidden"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.png").write_bytes(b"")
+    found, many = collect_images(str(tmp_path))
+    assert many and [Path(p).parent.name for p in found] == ["a", "b"]
+    used: set[str] = set()
+    names = [json_name_for(p, str(tmp_path), used) for p in found]
+    assert names == ["a__x.png.json", "b__x.png.json"]

@@ -1,0 +1,90 @@
+"""The web page in headless Chromium (Debian's /usr/bin/chromium via playwright): pick, drop, see the right digit."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from test_serve import correctly_classified, start_server, stop_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                            "(apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(trained_ckpt):
+    proc, url = start_server(trained_ckpt, "--no-access-log")
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.requests_seen = []  # type: ignore[attr-defined]
+            page.on("request", lambda request: page.requests_seen.append(request.url))
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def open_page(page, server: str) -> None:
+    page.goto(f"{server}/")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('FP_classifier')")
+
+
+def test_pick_a_file_and_see_the_right_digit(page, server, trained_ckpt, digits_dir):
+    (path, digit), = correctly_classified(trained_ckpt, digits_dir, count=1)
+    open_page(page, server)
+    assert "10 classes" in page.text_content("#model-info") and "32x32" in page.text_content("#model-info")
+    page.fill("#topk", "3")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#results li")
+    labels = page.eval_on_selector_all("#results li", "items => items.map(li => li.dataset.label)")
+    assert len(labels) == 3 and labels[0] == digit
+    assert page.text_content("#status").startswith(digit)
+    widths = page.eval_on_selector_all("#results .fill", "bars => bars.map(b => parseFloat(b.style.width))")
+    assert widths == sorted(widths, reverse=True) and widths[0] > 50
+    page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+    assert page.is_hidden("#error")
+    for url in page.requests_seen:
+        assert url.startswith(server) or url.startswith(("blob:", "data:")), f"the page fetched {url}"
+
+
+def test_drop_an_image_and_see_the_right_digit(page, server, trained_ckpt, digits_dir):
+    first, second = correctly_classified(trained_ckpt, digits_dir, count=2)
+    path, digit = second
+    open_page(page, server)
+    payload = base64.b64encode(path.read_bytes()).decode()
+    data_transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: 'image/png' }));
+            return dt;
+        }""", [path.name, payload])
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": data_transfer})
+    page.wait_for_selector("#results li")
+    assert page.eval_on_selector("#results li", "li => li.dataset.label") == digit
+    assert page.text_content("#file-name") == path.name
+
+
+def test_a_non_image_shows_the_servers_message(page, server, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not an image")
+    open_page(page, server)
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not an image" in page.text_content("#error")
+    assert page.eval_on_selector_all("#results li", "items => items.length") == 0

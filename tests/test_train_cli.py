@@ -1,0 +1,304 @@
+"""`python train.py`: Kneron's flag names and defaults, --help, YAML --config, and every user
+error path printing one `error: ...` line with exit code 2 (no traceback, no run folder left)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_cmd
+from edgecls.cli.common import parse_with_config
+from edgecls.cli.train import config_from_args, get_args_parser
+from edgecls.errors import UserError
+
+# A tiny, fast run: a few real digit images, FP_classifier at 32x32, one epoch, CPU.
+FAST = ["--backbone", "FP_classifier", "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--hflip", "0"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def small_data(digits_dir, tmp_path_factory) -> Path:
+    """Digits 0-2, 8 train and 3 val images per class, copied from the shared (read-only) fixture."""
+    root = tmp_path_factory.mktemp("small") / "data"
+    for split, n in (("train", 8), ("val", 3)):
+        for digit in ("0", "1", "2"):
+            dst = root / split / digit
+            dst.mkdir(parents=True)
+            for src in sorted((digits_dir / split / digit).iterdir())[:n]:
+                shutil.copy(src, dst / src.name)
+    return root
+
+
+# ----------------------------------------------------------------------------- flags and help
+
+
+KNERON_DEFAULTS = {
+    "gpu": -1, "freeze_backbone": 0, "early_stop": 1, "patience": 7, "model_name": None, "lr": 1e-3,
+    "model_def_path": "./models/", "snapshot": None, "epochs": 100, "batch_size": 64, "snapshot_path": None,
+    "optimizer": "SGD", "loss": "cross_entropy",
+    # additions users of such scripts expect
+    "resume": None, "seed": 0, "input_size": None, "pretrained": False, "preprocess": None, "label_smoothing": 0.0,
+    "class_weights": "none", "amp": False, "config": None,
+}
+
+
+def test_flag_defaults_match_kneron():
+    args = get_args_parser().parse_args(["DATA"])
+    assert args.data == "DATA"
+    for dest, value in KNERON_DEFAULTS.items():
+        assert getattr(args, dest) == value, dest
+    assert isinstance(args.workers, int) and args.workers >= 0
+
+
+@pytest.mark.parametrize("name", ["sgd", "ASGD", "adam", "AdamW"])
+def test_optimizer_names_are_case_insensitive(name):
+    assert get_args_parser().parse_args(["D", "--optimizer", name]).optimizer == name.upper()
+
+
+@pytest.mark.parametrize("text,size", [("224", (224, 224)), ("56x32", (56, 32)), ("56,32", (56, 32))])
+def test_input_size_forms(text, size):
+    assert get_args_parser().parse_args(["D", "--input-size", text]).input_size == size
+
+
+def test_help_documents_every_flag_with_its_default():
+    proc = run_cmd(["train.py", "--help"])
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())  # undo argparse's line wrapping
+    for flag in ["--gpu", "--workers", "--backbone", "--freeze-backbone", "--early-stop", "--patience", "--model-name",
+                 "--lr", "--model-def-path", "--snapshot", "--epochs", "--batch-size", "--snapshot-path", "--optimizer",
+                 "--loss", "--resume", "--seed", "--input-size", "--pretrained", "--preprocess", "--label-smoothing",
+                 "--class-weights", "--amp", "--config", "DATASET_DIR"]:
+        assert flag in out, flag
+    for default in ["(default: -1)", "(default: 7)", "(default: 0.001)", "(default: ./models/)", "(default: 100)",
+                    "(default: 64)", "(default: SGD)", "(default: cross_entropy)"]:
+        assert default in out, default
+    assert "ADAMW" in out and "kneron" in out and "imagenet" in out and "unit" in out
+    assert "snapshots/<date" in out  # where runs go by default
+
+
+def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"epochs": 3, "batch-size": 16, "optimizer": "ADAMW", "input_size": "56x32",
+                                   "label-smoothing": 0.1, "hflip": 0.0}))
+    argv = ["DATA", "--config", str(cfg), "--epochs", "5"]
+    args = parse_with_config(get_args_parser(), argv)
+    assert args.epochs == 5  # the flag wins
+    assert args.batch_size == 16 and args.optimizer == "ADAMW" and args.label_smoothing == 0.1 and args.hflip == 0.0
+    train_cfg = config_from_args(args, argv)
+    assert train_cfg.epochs == 5 and train_cfg.batch_size == 16
+    assert tuple(train_cfg.input_size) == (56, 32)
+
+
+@pytest.mark.parametrize("text,match", [("epochs: [", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping"),
+                                        ("epohcs: 3\n", "unknown key 'epohcs'")])
+def test_bad_config_files_are_user_errors(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=match):
+        parse_with_config(get_args_parser(), ["DATA", "--config", str(tmp_path / "c.yaml")])
+
+
+# ----------------------------------------------------------------------------- error paths
+
+
+def assert_user_error(proc, *needles: str):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert proc.stderr.startswith("error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+def train(args: list[str], cwd: Path):
+    return run_cmd([str(Path(__file__).resolve().parents[1] / "train.py"), *args], cwd=cwd, env=ONE_THREAD, timeout=300)
+
+
+def _layout(root: Path, small_data: Path, case: str) -> Path:
+    """Write a broken dataset for one case; return the DATASET_DIR to pass."""
+    data = root / "data"
+    if case == "missing_dir":
+        return data
+    data.mkdir()
+    if case == "no_train":
+        shutil.copytree(small_data / "val", data / "val")
+    elif case == "empty_train":
+        (data / "train").mkdir()
+        shutil.copytree(small_data / "val", data / "val")
+    elif case == "unreadable_train":
+        for digit in ("0", "1"):
+            (data / "train" / digit).mkdir(parents=True)
+            (data / "train" / digit / "x.png").write_bytes(b"not a png")
+    elif case == "unknown_val_class":
+        shutil.copytree(small_data / "train", data / "train")
+        shutil.copytree(small_data / "val", data / "val")
+        shutil.copytree(small_data / "val" / "2", data / "val" / "7")
+    elif case == "no_val":
+        shutil.copytree(small_data / "train", data / "train")
+    return data
+
+
+DATA_ERRORS = [
+    ("missing_dir", "dataset folder not found"),
+    ("no_train", "no train/ folder"),
+    ("empty_train", "no class folders"),
+    ("unreadable_train", "no readable images"),
+    ("unknown_val_class", "['7'] are not in train"),
+    ("no_val", "no val/ images"),
+]
+
+
+@pytest.mark.parametrize("case,message", DATA_ERRORS, ids=[c for c, _ in DATA_ERRORS])
+def test_dataset_errors(tmp_path, small_data, case, message):
+    data = _layout(tmp_path, small_data, case)
+    proc = train([str(data), *FAST, "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    assert_user_error(proc, message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, small_data) -> dict[str, Path]:
+    """Files the error cases point at: a pickled full model, a broken plugin, configs, a best-only ckpt."""
+    from edgecls.data.presets import Preprocess
+    from edgecls.engine.checkpoint import make_checkpoint, save_checkpoint
+    from edgecls.models import create_model
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    model = create_model("FP_classifier", num_classes=3)
+    torch.save(model, root / "kneron_full_model.pth")  # what Kneron's train.py saves
+    save_checkpoint(make_checkpoint(model, backbone="FP_classifier", model_kwargs={}, classes=["0", "1", "2"],
+                                    preprocess=Preprocess((32, 32), "kneron")), root / "best_only.pth")
+    (root / "plugins").mkdir()
+    (root / "plugins" / "typo_net_for_cli_test.py").write_text("from edgecls.models import register_model\nimport torch.nn as\n")
+    (root / "bad_key.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
+    (root / "taken").mkdir()
+    (root / "taken" / "best.pth").write_bytes((root / "best_only.pth").read_bytes())
+    return {"root": root}
+
+
+FLAG_ERRORS = [
+    ("bad_backbone", ["--backbone", "resnet181"], "'resnet181' is not registered"),
+    ("bad_config_key", ["--config", "{root}/bad_key.yaml"], "unknown key 'learning_rate'"),
+    ("missing_config", ["--config", "{root}/nope.yaml"], "file not found"),
+    ("resume_missing", ["--resume", "{root}/no_such_run"], "no checkpoint found"),
+    ("resume_best_only", ["--resume", "{root}/best_only.pth"], "holds no training state"),
+    ("snapshot_pickle", ["--snapshot", "{root}/kneron_full_model.pth"], "arbitrary code"),
+    ("snapshot_missing", ["--snapshot", "{root}/none.pth"], "checkpoint not found"),
+    ("snapshot_path_taken", ["--snapshot-path", "{root}/taken"], "already holds checkpoints"),
+    ("class_weights_count", ["--class-weights", "1,2"], "has 2 values but the dataset has 3 classes"),
+    ("class_weights_text", ["--class-weights", "heavy"], "--class-weights 'heavy'"),
+    ("pretrained_without_weights", ["--backbone", "resnet18", "--pretrained"], "no offline weights"),
+    ("broken_plugin", ["--model-def-path", "{root}/plugins"], "typo_net_for_cli_test.py"),
+    ("label_smoothing", ["--label-smoothing", "1.5"], "--label-smoothing"),
+]
+
+
+@pytest.mark.parametrize("case,flags,message", FLAG_ERRORS, ids=[c for c, _, _ in FLAG_ERRORS])
+def test_flag_errors(tmp_path, small_data, bad_inputs, case, flags, message):
+    flags = [f.format(root=bad_inputs["root"]) for f in flags]
+    run = tmp_path / "run"
+    if "--snapshot-path" not in flags:
+        flags += ["--snapshot-path", str(run)]
+    before = sorted(p.name for p in (bad_inputs["root"] / "taken").iterdir())
+    proc = train([str(small_data), *FAST, *flags], cwd=tmp_path)
+    assert_user_error(proc, message)
+    assert not run.exists(), f"a failed run left {sorted(p.name for p in run.iterdir())}"
+    assert sorted(p.name for p in (bad_inputs["root"] / "taken").iterdir()) == before
+    assert not (tmp_path / "snapshots").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_without_cuda(tmp_path, small_data):
+    proc = train([str(small_data), *FAST, "--gpu", "0", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    assert_user_error(proc, "--gpu 0: CUDA is not available", "--gpu -1")
+
+
+def test_edgecls_train_subcommand_reports_errors_the_same_way(tmp_path):
+    proc = run_cmd(["-m", "edgecls.cli.main", "train", str(tmp_path / "absent")], cwd=tmp_path, env=ONE_THREAD)
+    assert_user_error(proc, "dataset folder not found")
+
+
+def test_successful_cli_run_writes_the_run_folder(tmp_path, small_data):
+    """The happy path of the same script: exit 0, a run folder with every promised file."""
+    run = tmp_path / "run"
+    proc = train([str(small_data), *FAST, "--epochs", "2", "--optimizer", "adamw", "--lr", "3e-3", "--seed", "3",
+                  "--snapshot-path", str(run), "--class-weights", "balanced", "--label-smoothing", "0.1",
+                  "--workers", "2"], cwd=tmp_path)  # real DataLoader worker processes
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("best.pth", "last.pth", "class_id.json", "summary.csv", "args.yaml", "curves.png"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))  # atomic writes leave no temp files
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["optimizer"] == "ADAMW" and args["seed"] == 3 and args["label_smoothing"] == 0.1
+    assert "best model" in proc.stdout and "epoch 2/2" in proc.stdout
+    assert "\r" not in proc.stderr  # no progress-bar redraws when stderr is not a terminal
+    # A second run into the same folder is refused; --exist-ok allows it.
+    again = train([str(small_data), *FAST, "--snapshot-path", str(run)], cwd=tmp_path)
+    assert_user_error(again, "already holds checkpoints", "--resume")
+    forced = train([str(small_data), *FAST, "--snapshot-path", str(run), "--exist-ok"], cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+
+
+def test_snapshot_accepts_a_checkpoint_and_a_bare_state_dict(tmp_path, small_data, trained_ckpt):
+    """--snapshot from a 10-class digits checkpoint into a 3-class run: body loaded, head skipped."""
+    from edgecls.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(trained_ckpt)
+    torch.save(ckpt["state_dict"], tmp_path / "bare.pth")
+    for i, snap in enumerate([trained_ckpt, tmp_path / "bare.pth"]):
+        run = tmp_path / f"run{i}"
+        proc = train([str(small_data), *FAST, "--snapshot", str(snap), "--snapshot-path", str(run), "--lr", "0",
+                      "--optimizer", "SGD", "--freeze-backbone", "1"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "classifier.1.weight" in proc.stdout  # the head of another size is reported as skipped
+        new = load_checkpoint(run / "last.pth")["state_dict"]
+        assert torch.equal(new["features.0.0.weight"], ckpt["state_dict"]["features.0.0.weight"])
+
+
+def test_one_progress_bar_per_epoch_on_a_terminal(tmp_path, small_data):
+    """Under a pseudo-terminal the script draws a tqdm bar for each epoch (and none when piped)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's size
+    env = dict(os.environ, PYTHONPATH=str(REPO), **ONE_THREAD)
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(small_data), *FAST, "--epochs", "2",
+                             "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=300)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    text = b"".join(chunks).decode(errors="replace")
+    for epoch in ("epoch 1/2", "epoch 2/2"):
+        assert epoch in text and "100%" in text.split(epoch, 1)[1], text[-2000:]
