@@ -206,3 +206,99 @@ def test_training_with_disk_cache_reuses_it_on_the_second_run(digits_dir, tmp_pa
     out2 = capsys.readouterr().out
     assert "caching" not in out2 and sorted(os.listdir(cache_dir)) == files
     assert first["best_top1"] > 0.5 and second["best_top1"] == first["best_top1"]  # same seed, same result
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Real photographs (scikit-learn's samples) as the kinds of file the nvjpeg path must sort out."""
+    from sklearn.datasets import load_sample_images
+
+    out = tmp_path_factory.mktemp("photos")
+    china, flower = load_sample_images().images
+    files = []
+    for i, (photo, box) in enumerate([(china, (0, 0, 375, 500)), (flower, (20, 40, 395, 540)),
+                                      (china, (50, 60, 250, 360)), (flower, (0, 0, 427, 640))]):
+        top, left, bottom, right = box
+        path = out / f"plain_{i}.jpg"
+        Image.fromarray(photo[top:bottom, left:right]).save(path, quality=90)
+        files.append(path)
+    Image.fromarray(china[:300, :400]).save(out / "progressive.jpg", quality=90, progressive=True)
+    Image.fromarray(china[:300, :400]).convert("L").save(out / "gray.jpg", quality=90)
+    Image.fromarray(flower[:200, :300]).save(out / "lossless.png")
+    rotated = Image.fromarray(flower[:240, :320])
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(out / "rotated.jpg", quality=90, exif=exif)
+    return sorted(str(p) for p in out.iterdir())
+
+
+def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
+    from edgecls.data.gpu_cache import jpeg_header
+
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(photo_folder[0]).convert("CMYK").save(cmyk)
+    for path in [*photo_folder, str(cmyk)]:
+        head = jpeg_header(open(path, "rb").read())
+        with Image.open(path) as img:
+            if img.format != "JPEG":
+                assert head is None, path
+                continue
+            assert (head.width, head.height) == img.size, path
+            assert head.components == len(img.getbands()), path
+            assert head.progressive == bool(img.info.get("progressive")), path
+            assert head.orientation == img.getexif().get(0x0112, 1), path
+
+
+def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):
+    """The "gpu" cache's fill, run with device=cpu (the same torchvision call); CUDA itself is exercised by
+    benchmarks/gpu_train_speed.sh on a GPU machine."""
+    from edgecls.data.gpu_cache import build_on_device
+
+    decoder = ic.TrainDecoder((40, 48))
+    logs: list[str] = []
+    built = build_on_device(photo_folder, decoder, torch.device("cpu"), workers=2, log=logs.append)
+    ref = ic.load_or_build(photo_folder, decoder, "ram", workers=1, log=lambda m: None)
+    assert built.mode == "gpu" and isinstance(built.pixels, torch.Tensor) and built.pixels.shape == (8, 40, 48, 3)
+    assert np.array_equal(built.orig_sizes, ref.orig_sizes)  # upright (W, H) of every source, rotated one too
+    assert "4 JPEGs decoded on the CPU (torchvision), 4 files by PIL" in logs[-1]
+    for i, path in enumerate(photo_folder):
+        got, want = built.pixels[i].numpy().astype(int), ref.pixels[i].astype(int)
+        if os.path.basename(path).startswith("plain"):  # full decode + antialiased resize vs PIL's draft decode
+            assert np.abs(got - want).mean() < 4, path
+        else:  # PIL on both sides: identical
+            assert np.array_equal(got, want), path
+
+
+def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
+    """A fill started in the background, in the loader's visiting order: every batch equals the one
+    from a cache built up front (the loader waits for its rows), and nothing is left unwritten."""
+    from edgecls.data.gpu_cache import DeviceFill
+
+    pre = Preprocess((32, 32), preset="kneron")
+    paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
+    decoder = ic.TrainDecoder(ic.train_cache_size(pre, 0.6))
+    aug = ic.BatchAugment(pre, crop_scale=0.6)
+    full = DeviceFill(paths, decoder, torch.device("cpu"), log=lambda m: None).run()
+    streamed = DeviceFill(paths, decoder, torch.device("cpu"), order=ic.shuffled_order(len(paths), 11),
+                          log=lambda m: None).start()
+
+    def batches(images):
+        return list(ic.CachedLoader(ic.CachedSet(images, labels), 64, torch.device("cpu"), preprocess=pre,
+                                    augment=aug, shuffle=True, seed=11))
+
+    for (x1, y1), (x2, y2) in zip(batches(full), batches(streamed)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert streamed.fill.finished and torch.equal(full.pixels, streamed.pixels)
+
+
+def test_loader_over_a_resident_tensor_equals_the_numpy_cache(val_samples):
+    pre = Preprocess((32, 32), preset="kneron")
+    paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
+    images = ic.load_or_build(paths, ic.TrainDecoder(ic.train_cache_size(pre, 0.6)), "ram", log=lambda m: None)
+    resident = ic.upload(images, torch.device("cpu"))
+    assert isinstance(resident.pixels, torch.Tensor) and resident.nbytes == images.nbytes
+    aug = ic.BatchAugment(pre, crop_scale=0.6)
+    batches = [list(ic.CachedLoader(ic.CachedSet(imgs, labels), 64, torch.device("cpu"), preprocess=pre,
+                                    augment=aug, shuffle=True, seed=3)) for imgs in (images, resident)]
+    for (x1, y1), (x2, y2) in zip(*batches):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)

@@ -38,7 +38,8 @@ from edgecls.data.presets import INTERPOLATIONS, Preprocess
 from edgecls.errors import UserError
 
 CACHE_VERSION = 1
-MODES = ("auto", "none", "ram", "disk")
+MODES = ("auto", "none", "ram", "disk", "gpu")
+GPU_BUDGET_FRACTION = 0.35  # auto on CUDA: keep the cache in GPU memory when it needs at most this share of free memory
 RAM_BUDGET_FRACTION = 0.25  # auto: keep the cache in RAM when it needs at most this share of RAM
 DISK_BUDGET_FRACTION = 0.5  # auto: else a memory-mapped file when it needs at most this share of free disk
 MAX_CACHE_SCALE = 1.25  # training cache side = input side x min(this, 1/sqrt(crop_scale))
@@ -139,10 +140,11 @@ def _decode_chunk(args) -> tuple[int, np.ndarray | None, np.ndarray, list[tuple[
 class DecodedImages:
     """uint8 N x H x W x 3 rows (RAM array or read-only memmap) and each source image's (W, H)."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray | torch.Tensor  # torch uint8 tensor on the GPU in mode "gpu"
     orig_sizes: np.ndarray  # N x 2 int32, (width, height) of the full upright image
-    mode: str  # "ram" | "disk"
+    mode: str  # "ram" | "disk" | "gpu"
     path: Path | None = None
+    fill: object | None = None  # gpu_cache.DeviceFill still writing the rows (wait(rows) before reading)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -164,12 +166,18 @@ def cache_bytes(n: int, size: tuple[int, int]) -> int:
     return int(n) * int(size[0]) * int(size[1]) * 3
 
 
-def resolve_mode(mode: str, total_bytes: int, distributed: bool = False) -> str:
-    """auto -> ram when it fits a quarter of RAM (disk under DDP: one shared copy), else disk, else none."""
+def resolve_mode(mode: str, total_bytes: int, distributed: bool = False, device: torch.device | None = None) -> str:
+    """auto -> gpu on a CUDA device when it fits GPU_BUDGET_FRACTION of its free memory; else ram when it
+    fits a quarter of RAM (disk under DDP: one shared copy), else disk, else none."""
     if mode not in MODES:
         raise UserError(f"--cache-images {mode!r}: choose one of {', '.join(MODES)}")
+    on_cuda = device is not None and device.type == "cuda"
+    if mode == "gpu" and not on_cuda:
+        raise UserError("--cache-images gpu needs a CUDA device (--gpu N); use ram or disk on the CPU")
     if mode != "auto":
         return mode
+    if on_cuda and total_bytes <= GPU_BUDGET_FRACTION * _gpu_free(device):
+        return "gpu"
     ram = _physical_ram()
     disk_free = _disk_free(images_cache_dir())
     if not distributed and total_bytes <= RAM_BUDGET_FRACTION * ram:
@@ -186,6 +194,13 @@ def _physical_ram() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30
+
+
+def _gpu_free(device: torch.device) -> int:
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, AssertionError):
+        return 0
 
 
 def _disk_free(folder: Path) -> int:
@@ -277,6 +292,17 @@ def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=pr
     raise ValueError(f"load_or_build: mode must be ram or disk, not {mode!r}")
 
 
+# ----------------------------------------------------------------------------- GPU-resident cache
+
+def upload(images: DecodedImages, device: torch.device, chunk_rows: int = 2048) -> DecodedImages:
+    """Copy cached rows into one uint8 tensor in GPU memory, a chunk at a time (a memmap never loads whole)."""
+    pixels = images.pixels
+    out = torch.empty(tuple(pixels.shape), dtype=torch.uint8, device=device)
+    for start in range(0, len(pixels), chunk_rows):
+        out[start:start + chunk_rows].copy_(torch.from_numpy(np.ascontiguousarray(pixels[start:start + chunk_rows])))
+    return DecodedImages(out, np.asarray(images.orig_sizes), "gpu", images.path)
+
+
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
     with os.fdopen(fd, "wb") as fh:
@@ -347,19 +373,26 @@ class BatchAugment:
         theta[:, 0, 2] = cx
         theta[:, 1, 1] = sy
         theta[:, 1, 2] = cy
-        theta = theta.to(device=device, dtype=torch.float32)
+        theta = _to_device(theta.float(), device)
         grid = F.affine_grid(theta, [n, 3, self.out_h, self.out_w], align_corners=False)
         x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
         if self.mode == "bicubic":
             x = x.clamp(0, 255)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        return (x - _to_device(self.mean, device)) / _to_device(self.std, device)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Small host tensor -> device without a stream sync (a pageable copy would wait for queued GPU work)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def normalize_batch(batch_u8: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """uint8 NxHxWx3 -> float32 Nx3xHxW, the same arithmetic as Preprocess.normalize_uint8."""
     x = batch_u8.to(torch.float32)
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=x.device)
-    std = torch.tensor(preprocess.std, dtype=torch.float32, device=x.device)
+    mean = _to_device(torch.tensor(preprocess.mean, dtype=torch.float32), x.device)
+    std = _to_device(torch.tensor(preprocess.std, dtype=torch.float32), x.device)
     return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
@@ -377,6 +410,11 @@ class CachedSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def shuffled_order(n: int, seed: int) -> torch.Tensor:
+    """The visiting order of a shuffled CachedLoader with this seed (also the order a streamed fill writes)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 class CachedLoader:
@@ -403,10 +441,7 @@ class CachedLoader:
         if self.sampler is not None:
             return torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)
         n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed)
-            return torch.randperm(n, generator=g)
-        return torch.arange(n)
+        return shuffled_order(n, self.seed) if self.shuffle else torch.arange(n)
 
     def _count(self) -> int:
         return len(self.sampler) if self.sampler is not None else len(self.dataset)
@@ -421,18 +456,29 @@ class CachedLoader:
         pixels = self.dataset.images.pixels
         sizes = torch.from_numpy(np.asarray(self.dataset.images.orig_sizes))
         cuda = self.device.type == "cuda"
+        resident = isinstance(pixels, torch.Tensor)  # "gpu" cache: the batch is gathered on the device
+        fill = self.dataset.images.fill
+        if resident:
+            order_dev = order.to(pixels.device)
+            labels_dev = self.dataset.labels.to(pixels.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            idx_np = idx.numpy()
-            # memmap reads are fastest in file order; gather sorted, then restore the batch order
-            sort = np.argsort(idx_np, kind="stable")
-            rows = np.empty((len(idx_np),) + pixels.shape[1:], np.uint8)
-            rows[sort] = pixels[idx_np[sort]]
-            batch = torch.from_numpy(rows)
-            labels = self.dataset.labels[idx]
-            if cuda:
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-                labels = labels.pin_memory().to(self.device, non_blocking=True)
+            if resident:
+                if fill is not None:
+                    fill.wait(idx)
+                idx_dev = order_dev[b * self.batch_size : (b + 1) * self.batch_size]
+                batch, labels = pixels.index_select(0, idx_dev), labels_dev.index_select(0, idx_dev)
+            else:
+                idx_np = idx.numpy()
+                # memmap reads are fastest in file order; gather sorted, then restore the batch order
+                sort = np.argsort(idx_np, kind="stable")
+                rows = np.empty((len(idx_np),) + pixels.shape[1:], np.uint8)
+                rows[sort] = pixels[idx_np[sort]]
+                batch = torch.from_numpy(rows)
+                labels = self.dataset.labels[idx]
+                if cuda:
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                    labels = labels.pin_memory().to(self.device, non_blocking=True)
             if self.augment is not None:
                 images = self.augment(batch, sizes[idx], generator)
             else:

@@ -74,3 +74,11 @@ def main(argv=None) -> int:
     out = build_demo_dataset(args.out, args.source, args.val_fraction, args.seed, args.limit)
     print(f"wrote demo dataset to {out}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edgecls.cli.common import run_cli
+
+    sys.exit(run_cli(main))

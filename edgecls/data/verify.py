@@ -75,7 +75,7 @@ def verify_files(paths: list[str], workers: int | None = None, use_cache: bool =
         else:
             todo.append(p)
     if todo:
-        workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        workers = workers if workers is not None else min(os.cpu_count() or 1, 32)
         if workers > 1 and len(todo) >= 200:
             size = max(64, len(todo) // (workers * 8))
             chunks = [todo[i : i + size] for i in range(0, len(todo), size)]

@@ -103,8 +103,10 @@ def load_raw(path: str | os.PathLike) -> Any:
         if "Unsupported global" in str(exc):
             raise UserError(f"{p}: {_PICKLE_HINT}") from None
         raise UserError(f"{p}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load on arbitrary bytes raises KeyError, RuntimeError, EOFError...
         detail = (str(exc).splitlines() or [type(exc).__name__ + ": empty or truncated file"])[0][:200]
+        if isinstance(exc, KeyError):
+            detail = f"unknown pickle opcode {exc}"
         raise UserError(f"{p}: not a readable PyTorch checkpoint ({detail})") from None
 
 

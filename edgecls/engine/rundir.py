@@ -1,8 +1,9 @@
-"""Run-folder outputs: args.yaml, summary.csv, training curves PNG, bad-file report."""
+"""Run-folder outputs: args.yaml, summary.csv, timings.json, training curves PNG, bad-file report."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -65,3 +66,10 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 def write_bad_files(report: str, path: Path) -> None:
     if report:
         path.write_text(report + "\n")
+
+
+def write_timings(timings: dict, path: Path) -> None:
+    """Seconds spent before the first epoch: the dataset scan and the decoded-image cache (mode, build time)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(timings, indent=2) + "\n")
+    os.replace(tmp, path)

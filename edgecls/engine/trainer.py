@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from edgecls.data import cache as image_cache
+from edgecls.data import gpu_cache
 from edgecls.data.classmap import write_class_map
 from edgecls.data.folder import FolderDataset, bad_file_report, scan_dataset
 from edgecls.data.presets import Preprocess
@@ -35,7 +36,8 @@ from edgecls.engine.checkpoint import (
     save_checkpoint,
 )
 from edgecls.engine.early_stopping import EarlyStopping
-from edgecls.engine.rundir import plot_curves, read_summary, write_args_yaml, write_bad_files, write_summary
+from edgecls.engine.rundir import (plot_curves, read_summary, write_args_yaml, write_bad_files, write_summary,
+                                   write_timings)
 from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, load_plugins
 
@@ -78,6 +80,7 @@ class TrainConfig:
     crop_scale: float = 0.6
     topk: int = 5
     channels_last: bool = True
+    cudnn_benchmark: bool = True
     compile: bool = False
     exist_ok: bool = False
     override_epochs: int | None = None  # with --resume: a new epoch budget
@@ -336,9 +339,9 @@ def build_preprocess(cfg: TrainConfig) -> Preprocess:
     return Preprocess(input_size=size, preset=cfg.preprocess or spec.preprocess, resize=cfg.resize)
 
 
-def make_loader(dataset, batch_size, shuffle, cfg: TrainConfig, device, epoch_seed=None, drop_last=False, sampler=None):
+def make_loader(dataset, batch_size, shuffle, cfg: TrainConfig, device, seed=None, drop_last=False, sampler=None):
     generator = torch.Generator()
-    generator.manual_seed(epoch_seed if epoch_seed is not None else cfg.seed)
+    generator.manual_seed(seed if seed is not None else cfg.seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -358,14 +361,21 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, val_samples, ctx):
+def epoch_seed(cfg: TrainConfig, epoch: int) -> int:
+    """Everything random in an epoch derives from (seed, epoch): resume is exact."""
+    return cfg.seed * 100_003 + epoch
+
+
+def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, val_samples, ctx, first_epoch: int = 0):
     """(train, val) CachedSets of decoded uint8 images, or None for the PIL-per-epoch path.
 
-    Under DDP a disk cache is built by rank 0 and memory-mapped by every rank.
+    Under DDP a disk cache is built by rank 0 and memory-mapped by every rank. In gpu mode on one
+    process the training rows are decoded while the first epoch trains, in the order it visits them.
     """
     train_size = image_cache.train_cache_size(preprocess, cfg.crop_scale)
     total = image_cache.cache_bytes(len(train_samples), train_size) + image_cache.cache_bytes(len(val_samples), preprocess.input_size)
-    mode = image_cache.resolve_mode(cfg.cache_images, total, distributed=ctx.enabled)
+    device = ctx.device if ctx.enabled else resolve_device(cfg.gpu)
+    mode = image_cache.resolve_mode(cfg.cache_images, total, distributed=ctx.enabled, device=device)
     if mode == "none":
         if cfg.cache_images == "auto":
             log(f"--cache-images auto: {total / 2**30:.1f} GiB of decoded images fit neither RAM nor disk budgets; decoding every epoch")
@@ -379,12 +389,21 @@ def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, 
     sets = []
     for samples, decoder in ((train_samples, train_decoder), (val_samples, val_decoder)):
         paths, labels = [p for p, _ in samples], [lbl for _, lbl in samples]
-        if mode == "disk" and ctx.enabled:
+        if mode in ("disk", "gpu") and ctx.enabled:
+            # one decode for all ranks: rank 0 writes the memory-mapped file, every rank maps it
+            # (and, in gpu mode, copies it into its own GPU)
             if ctx.rank == 0:
-                images = image_cache.load_or_build(paths, decoder, mode, workers=workers, log=log)
+                images = image_cache.load_or_build(paths, decoder, "disk", workers=workers, log=log)
             dist_utils.barrier(ctx)
             if ctx.rank != 0:
-                images = image_cache.load_or_build(paths, decoder, mode, build=False, log=log)
+                images = image_cache.load_or_build(paths, decoder, "disk", build=False, log=log)
+            if mode == "gpu":
+                images = image_cache.upload(images, device)
+        elif mode == "gpu":
+            streamed = decoder is train_decoder and isinstance(decoder, image_cache.TrainDecoder)
+            order = image_cache.shuffled_order(len(paths), epoch_seed(cfg, first_epoch) * 2) if streamed else None
+            images = gpu_cache.build_on_device(paths, decoder, device, workers=workers, order=order,
+                                               stream=streamed, log=log)
         else:
             images = image_cache.load_or_build(paths, decoder, mode, workers=workers, log=log)
         sets.append(image_cache.CachedSet(images, labels))
@@ -409,7 +428,13 @@ def fit(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     get_spec(cfg.backbone)  # a mistyped --backbone fails before the (long) dataset scan
 
+    started = time.perf_counter()
+    if ctx.enabled and ctx.rank != 0:
+        dist_utils.barrier(ctx)  # rank 0 scans first; the others then read its verify cache
     classes, splits = scan_dataset(cfg.data, splits=("train", "val"), workers=None)
+    if ctx.enabled and ctx.rank == 0:
+        dist_utils.barrier(ctx)
+    scan_seconds = time.perf_counter() - started
     train_split, val_split = splits["train"], splits.get("val")
     if val_split is None or not val_split.samples:
         raise UserError(f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)")
@@ -442,18 +467,29 @@ def fit(cfg: TrainConfig) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
     train_ds = FolderDataset(train_split.samples, TrainTransform(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale))
     val_ds = FolderDataset(val_split.samples, preprocess)
-    cached = build_image_caches(cfg, preprocess, train_split.samples, val_split.samples, ctx)
+    cache_started = time.perf_counter()
+    first_epoch = resume_ckpt["train"]["epoch"] + 1 if resume_ckpt is not None else 0
+    cached = build_image_caches(cfg, preprocess, train_split.samples, val_split.samples, ctx, first_epoch)
     if cached is not None:
         train_ds, val_ds = cached
+    timings = {"scan_s": round(scan_seconds, 3), "cache_s": round(time.perf_counter() - cache_started, 3),
+               "cache": cached[0].images.mode if cached is not None else "none",
+               "train_cache_streamed": bool(cached is not None and cached[0].images.fill is not None),
+               "train_images": len(train_ds), "val_images": len(val_ds), "world_size": ctx.world_size}
+    if dist_utils.is_main():
+        write_timings(timings, run_dir / "timings.json")
     augment = image_cache.BatchAugment(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale)
     counts = train_split.counts(len(classes))
     criterion = make_loss(cfg, counts).to(device)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    steps_per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * ctx.world_size))
+    # On a GPU every training batch has one shape (cudnn autotunes once); on the CPU no image is left out.
+    per_rank = math.ceil(len(train_ds) / ctx.world_size)
+    drop_last = device.type == "cuda" and per_rank > cfg.batch_size
+    steps_per_epoch = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
     use_scaler = cfg.amp and device.type == "cuda" and autocast_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -485,17 +521,18 @@ def fit(cfg: TrainConfig) -> dict:
         f"input {preprocess.input_size[0]}x{preprocess.input_size[1]}, device {device}, run folder {run_dir}")
     epochs_run = 0
     for epoch in range(start_epoch, cfg.epochs):
-        # Everything random in this epoch derives from (seed, epoch): resume is exact.
-        epoch_seed = cfg.seed * 100_003 + epoch
-        seed_everything(epoch_seed)
-        train_sampler = dist_utils.make_sampler(train_ds, ctx, shuffle=True, seed=epoch_seed)
+        seed = epoch_seed(cfg, epoch)
+        seed_everything(seed)
+        train_sampler = dist_utils.make_sampler(train_ds, ctx, shuffle=True, seed=seed)
         val_sampler = dist_utils.make_sampler(val_ds, ctx, shuffle=False, seed=0)
         if cached is not None:
             train_loader = image_cache.CachedLoader(train_ds, cfg.batch_size, device, preprocess=preprocess, augment=augment,
-                                                    shuffle=True, seed=epoch_seed * 2 + ctx.rank, sampler=train_sampler)
+                                                    shuffle=True, seed=seed * 2 + ctx.rank, sampler=train_sampler,
+                                                    drop_last=drop_last)
             val_loader = image_cache.CachedLoader(val_ds, cfg.batch_size, device, preprocess=preprocess, sampler=val_sampler)
         else:
-            train_loader = make_loader(train_ds, cfg.batch_size, True, cfg, device, epoch_seed=epoch_seed, sampler=train_sampler)
+            train_loader = make_loader(train_ds, cfg.batch_size, True, cfg, device, seed=seed, sampler=train_sampler,
+                                       drop_last=drop_last)
             val_loader = make_loader(val_ds, cfg.batch_size, False, cfg, device, sampler=val_sampler)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU training-speed suite in one go (sized for a short lease on one H100/H200):
+# a JPEG folder of real photos, then benchmarks/train_speed.py for each backbone at 224, bf16,
+# channels_last, batch 256, the decoded-image cache on the GPU (nvjpeg decode).
+#   bash benchmarks/gpu_train_speed.sh [OUT_DIR]          (env: BACKBONES, TRAIN_IMAGES, VAL_IMAGES, EPOCHS, BATCH, GPU)
+# Needs python3 with torch + torchvision (CUDA), pillow, scikit-learn, pyyaml, tqdm, matplotlib;
+# efficientnet_pytorch may come from $EDGECLS_EXTRA_SITE (a folder put on PYTHONPATH).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-bench_out}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="${EDGECLS_EXTRA_SITE:+$EDGECLS_EXTRA_SITE:}$PWD"
+export EDGECLS_CACHE_DIR=${EDGECLS_CACHE_DIR:-/tmp/edgecls-cache}
+DATA=${DATA:-/tmp/edgecls-photos}
+BACKBONES=${BACKBONES:-resnet18 mobilenetv2 efficientnet-b0 resnet50}
+TRAIN_IMAGES=${TRAIN_IMAGES:-40000}
+VAL_IMAGES=${VAL_IMAGES:-2000}
+EPOCHS=${EPOCHS:-3}
+BATCH=${BATCH:-256}
+GPU=${GPU:-0}   # -1 runs the same suite on the CPU (a dry run of this script)
+AMP=$([ "$GPU" -ge 0 ] && echo --amp)
+
+[ "$GPU" -ge 0 ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
+start=$(date +%s)
+"$PY" benchmarks/photos.py --out "$DATA" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" || exit 1
+echo "photo folder ready in $(( $(date +%s) - start )) s"
+second=""   # the first backbone also runs train.py a second time (scan reuse); the others skip it
+for b in $BACKBONES; do
+    echo "== $b"
+    "$PY" benchmarks/train_speed.py --backbone "$b" --data "$DATA" --gpu "$GPU" $AMP --batch-size "$BATCH" \
+        --epochs "$EPOCHS" $second --json "$OUT_DIR/train_speed_$b.json" 2>&1 | tee "$OUT_DIR/train_speed_$b.txt"
+    second="--no-second-run"
+done
+echo "== summary (x ceiling: first epoch incl. cache fill / steady state)"
+for b in $BACKBONES; do
+    "$PY" - "$OUT_DIR/train_speed_$b.json" <<'EOF' || echo "$b: no result"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['backbone']:<16} ceiling {r['ceiling']['images_per_s']:>8,.0f} img/s  first {r['first_epoch_images_per_s']:>8,.0f} "
+      f"({r['first_epoch_ratio']:.2f})  steady {r['steady_images_per_s']:>8,.0f} ({r['steady_ratio']:.2f})  "
+      f"scan {r['train']['timings']['scan_s']:.1f}s cache {r['train']['timings']['cache']} {r['train']['timings']['cache_s']:.1f}s")
+EOF
+done
+echo "total $(( $(date +%s) - start )) s"
