@@ -3,6 +3,7 @@
 simplify (onnxsim, onnxslim as fallback) folds constants; then: Identity/Dropout removed,
 BatchNormalization folded into the Conv/Gemm before it, Reshape before Gemm -> Flatten,
 global ReduceMean/AveragePool -> GlobalAveragePool. These mirror Kneron's ONNX optimizer.
+On INT8 QDQ files: the all-zero int32 bias zero points are dropped (see drop_int32_zero_points).
 """
 
 from __future__ import annotations
@@ -250,6 +251,29 @@ def global_pooling(model: onnx.ModelProto) -> int:
     if changed:
         _drop_unused_initializers(model)
     return changed
+
+
+def drop_int32_zero_points(model: onnx.ModelProto) -> int:
+    """Remove the zero-point input of DequantizeLinear nodes over int32 initializers (quantized biases)
+    when it is all zeros. The ONNX spec says int32 dequantization has no zero point (it is 0, also the
+    default when the input is absent), yet ONNX Runtime's quantizer writes one int32 zero per output
+    channel: 4 bytes per channel, ~3.5% of a small INT8 file. Outputs are bit-identical and ORT still
+    fuses the QDQ groups into QLinearConv / QGemm."""
+    inits = _initializers(model)
+    dropped = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or not node.input[2]:
+            continue
+        x, zero_point = inits.get(node.input[0]), inits.get(node.input[2])
+        if x is None or zero_point is None or x.data_type != onnx.TensorProto.INT32:
+            continue
+        if numpy_helper.to_array(zero_point).any():
+            continue
+        del node.input[2]
+        dropped += 1
+    if dropped:
+        _drop_unused_initializers(model)
+    return dropped
 
 
 def optimize(model: onnx.ModelProto, *, simplify_graph: bool = True, fuse_bn: bool = True) -> tuple[onnx.ModelProto, PassReport]:

@@ -221,6 +221,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if opts.quantize:
         calib, calib_bad = verify.load_samples(opts.calib_dir, loaded.classes, opts.calib_count)
         int8 = quantize.quantize_int8(proto, verify.batch_tensor(calib, loaded.preprocess))
+        passes.drop_int32_zero_points(int8)
         q_probs = verify.onnx_probs(verify.session(int8), inputs, graph_softmax=opts.softmax)
         qcmp = verify.compare(fp32, q_probs, samples, allow_ties=False)
         int8_size = save_onnx_atomic(int8, int8_path)
