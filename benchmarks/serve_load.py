@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=10.0, help="seconds for each bare Predictor rate")
     parser.add_argument("--threads", type=int, default=None, help="model intra-op threads (server and baseline)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve.py flag (repeatable)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"), help="JSON output")
+    parser.add_argument("--out", default=str(REPO / "bench_out" / "serve_load.json"), help="JSON output")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
