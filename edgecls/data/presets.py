@@ -4,6 +4,8 @@ Normalization is written in 0..255 pixel units: out = (pixel - mean) / std.
 - kneron:   RGB/256 - 0.5   -> mean 128, std 256 (Kneron's on-chip preprocessing)
 - imagenet: torchvision mean/std
 - unit:     [0, 1]
+- lite:     (RGB - 127) / 128, about [-1, 1] -> mean 127, std 128 (TF's EfficientNet-Lite builder;
+            what the pretrained efficientnet-lite0 weights expect)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PRESETS: dict[str, tuple[list[float], list[float]]] = {
     "kneron": ([128.0] * 3, [256.0] * 3),
     "imagenet": ([0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255]),
     "unit": ([0.0] * 3, [255.0] * 3),
+    "lite": ([127.0] * 3, [128.0] * 3),
 }
 RESIZE_POLICIES = ("squash", "center_crop")
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}

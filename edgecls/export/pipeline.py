@@ -231,7 +231,8 @@ def run_export(opts: ExportOptions) -> ExportResult:
                                "max_diff": qcmp.max_diff, "calib_images": len(calib)}
         drop = "" if cmp.onnx_top1 is None or qcmp.onnx_top1 is None else \
             f" (drop {100 * (cmp.onnx_top1 - qcmp.onnx_top1):+.2f} points)".replace("+-", "-")
-        res.log(f"7. INT8 (QDQ, per-channel weights, {len(calib)} calibration images from {opts.calib_dir}): "
+        res.log(f"7. INT8 (QDQ, per-channel weights, percentile calibration + bias correction, {len(calib)} calibration "
+                f"images from {opts.calib_dir}): "
                 f"top-1 FP32 {_pct(cmp.onnx_top1)} vs INT8 {_pct(qcmp.onnx_top1)}{drop}; "
                 f"agreement with FP32 {qcmp.agree}/{qcmp.count}; size {size:,} -> {int8_size:,} bytes "
                 f"({int8_size / size:.2f}x)")

