@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     g = p.add_argument_group("FP_classifier (scripts/demo.sh settings)")
     g.add_argument("--fp-snapshot", default=None, help="use this checkpoint instead of training")
-    g.add_argument("--fp-epochs", type=int, default=10, help="maximum epochs (DEMO_EPOCHS in demo.sh)")
+    g.add_argument("--fp-epochs", type=int, default=16, help="maximum epochs (DEMO_EPOCHS in demo.sh)")
     g = p.add_argument_group("efficientnet-lite0 fine-tune from --pretrained")
     g.add_argument("--lite-snapshot", default=None, help="use this checkpoint instead of fine-tuning")
     g.add_argument("--lite-train-images", type=int, default=1500, help="stratified subset of train/ to fine-tune on")
@@ -173,10 +173,10 @@ def main(argv=None) -> int:
             run = work / "runs" / "fp"
             shutil.rmtree(run, ignore_errors=True)
             setup = (f"trained as scripts/demo.sh: {n_train} train images, 32x32, <= {args.fp_epochs} epochs, "
-                     "AdamW lr 3e-3, batch 64, patience 4, seed 0")
+                     "AdamW lr 3e-3, batch 64, patience 5, seed 0")
             print(f"== FP_classifier: {setup}", flush=True)
             snap, secs = train(dict(data=str(data), backbone="FP_classifier", input_size=(32, 32), epochs=args.fp_epochs,
-                                    optimizer="ADAMW", lr=3e-3, batch_size=64, hflip=0.0, crop_scale=0.7, patience=4,
+                                    optimizer="ADAMW", lr=3e-3, batch_size=64, hflip=0.0, crop_scale=0.7, patience=5,
                                     workers=2, seed=0, snapshot_path=str(run), model_def_path=None, gpu=args.gpu))
             setup += f" ({secs:.0f} s)"
         rows.append(export_and_score("FP_classifier", snap, data, work / "onnx", args, setup))

@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DATA=demo_data
 OUT=demo_out
-EPOCHS=${DEMO_EPOCHS:-10}
+EPOCHS=${DEMO_EPOCHS:-16}
 start=$(date +%s)
 
 if [ ! -d "$DATA/train" ]; then
@@ -19,7 +19,7 @@ rm -rf "$OUT"   # demo_out/ belongs to this script
 
 echo "== training FP_classifier (32x32 input, $EPOCHS epochs max, early stopping) on the CPU"
 "$PY" train.py "$DATA" --backbone FP_classifier --input-size 32x32 --epochs "$EPOCHS" \
-    --optimizer ADAMW --lr 3e-3 --batch-size 64 --hflip 0 --crop-scale 0.7 --patience 4 \
+    --optimizer ADAMW --lr 3e-3 --batch-size 64 --hflip 0 --crop-scale 0.7 --patience 5 \
     --workers 2 --seed 0 --snapshot-path "$OUT/run"
 trained=$(date +%s)
 
