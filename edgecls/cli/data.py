@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from edgecls.cli.common import parse_size, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, parse_size, run_cli
 from edgecls.errors import UserError
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+FMT = DefaultsHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:

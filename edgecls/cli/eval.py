@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.cli.common import add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
@@ -31,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="eval_utils/eval.py",
         description="Evaluate a model on a dataset split (--snapshot/--onnx + --data-dir), or prediction files "
                     "against ground truth (--preds + --gts).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_flag(p)
     g = p.add_argument_group("dataset mode")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgecls.cli.common import add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
 from edgecls.export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="pytorch2onnx.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="pytorch2onnx.py", formatter_class=DefaultsHelpFormatter,
         description="Export a trained checkpoint to ONNX that gives PyTorch's answers, is small, and uses only "
                     "operators the chosen NPU runs; optionally quantize to INT8.")
     src = p.add_argument_group("model (Kneron flags)")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecls.cli.common import add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES, Preprocess
 from edgecls.errors import UserError
@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inference.py",
         description="Classify one image, a folder (recursively) or a glob with a checkpoint or an ONNX file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_config_flag(p)
     g = p.add_argument_group("input and output")

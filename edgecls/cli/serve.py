@@ -7,13 +7,13 @@ import os
 import socket
 import sys
 
-from edgecls.cli.common import add_config_flag, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_with_config, run_cli
 from edgecls.errors import UserError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="serve.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="serve.py", formatter_class=DefaultsHelpFormatter,
         description="Serve a checkpoint (.pth) or ONNX model: POST /classify (multipart field img), "
                     "POST /classify/batch, GET /health, GET /model, GET /openapi.json, and a web page at /.")
     model = parser.add_argument_group("model")

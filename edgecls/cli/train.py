@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgecls.cli.common import add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.engine.trainer import OPTIMIZERS, SCHEDULERS, TrainConfig
 
@@ -13,7 +13,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train an image classifier on DATASET_DIR/train/<class>/ and validate on DATASET_DIR/val/<class>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         epilog="Distributed: torchrun --nproc-per-node N train.py ... (gloo on CPU, NCCL with --gpu). "
                "Backbones: python -m edgecls models.",
     )
