@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark in turn (about an hour on 2 cores; run it on an otherwise idle machine:
+# Every CPU benchmark in turn (about 40 minutes on 2 cores; run it on an otherwise idle machine:
 # other processes distort the timings). Results (JSON, logs) go to bench_out/; the ONNX speed
 # table is rewritten in docs/onnx_speed.md. GPU training: benchmarks/gpu_train_speed.sh.
 set -euo pipefail

@@ -39,7 +39,7 @@ class TinyNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-# input_size is (H, W); preprocess is one of the presets: kneron | imagenet | unit.
+# input_size is (H, W); preprocess is one of the presets: kneron | imagenet | unit | lite.
 @register_model("tinynet", input_size=(32, 32), preprocess="kneron")
 def tinynet(num_classes: int, width: int = 16) -> nn.Module:
     """Tiny 4-layer CNN example plugin (models/example_tinynet.py), 32x32."""

@@ -311,15 +311,18 @@ def urlsplit_host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def test_two_images_on_single_endpoint(server, samples):
-    files = [("img", (p.name, p.read_bytes(), "image/png")) for p, _ in samples[:2]]
+@pytest.mark.parametrize("count", [2, 5])  # 5: past the multipart parser's own file limit
+def test_several_images_on_single_endpoint(server, samples, count):
+    path, _ = samples[0]
+    files = [("img", (f"{i}.png", path.read_bytes(), "image/png")) for i in range(count)]
     response = httpx.post(f"{server}/classify", files=files, timeout=30)
     assert response.status_code == 400 and "/classify/batch" in response.json()["error"]
 
 
-def test_batch_over_file_count_limit(server, samples):
+@pytest.mark.parametrize("count", [5, 12])  # server --max-batch 4; 12: past the multipart parser's file limit
+def test_batch_over_file_count_limit(server, samples, count):
     path, _ = samples[0]
-    files = [("img", (f"{i}.png", path.read_bytes(), "image/png")) for i in range(5)]  # server --max-batch 4
+    files = [("img", (f"{i}.png", path.read_bytes(), "image/png")) for i in range(count)]
     response = httpx.post(f"{server}/classify/batch", files=files, timeout=30)
     assert response.status_code == 413 and "limit of 4" in response.json()["error"]
 

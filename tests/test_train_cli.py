@@ -94,8 +94,20 @@ def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
     assert tuple(train_cfg.input_size) == (56, 32)
 
 
+def test_config_values_are_converted_like_command_line_values(tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("input-size: 32\noptimizer: adamw\namp: true\nno-channels-last: true\nlr: 1e-2\n")
+    args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
+    assert args.input_size == (32, 32) and args.optimizer == "ADAMW" and args.amp is True
+    assert args.channels_last is False and args.lr == 0.01
+
+
 @pytest.mark.parametrize("text,match", [("epochs: [", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping"),
-                                        ("epohcs: 3\n", "unknown key 'epohcs'")])
+                                        ("epohcs: 3\n", "unknown key 'epohcs'"),
+                                        ("freeze-backbone: 2\n", "is not one of 0, 1"),
+                                        ("epochs: many\n", "'epochs': 'many' is not valid"),
+                                        ("amp: 1\n", "on/off flag"),
+                                        ("data: somewhere\n", "give DATASET_DIR on the command line")])
 def test_bad_config_files_are_user_errors(tmp_path, text, match):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(UserError, match=match):

@@ -64,14 +64,41 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
         raise UserError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"--config {p}: expected a mapping of flag names to values")
-    dests = {a.dest for a in parser._actions}
+    by_dest = {a.dest: a for a in parser._actions}
+    by_flag = {opt: a for a in parser._actions for opt in a.option_strings}
     out = {}
     for key, value in data.items():
-        dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in dests:
+        name = str(key).lstrip("-")
+        action = by_dest.get(name.replace("-", "_"))
+        flag = by_flag.get("--" + name) or by_flag.get("--" + name.replace("_", "-"))
+        inverted = action is None and flag is not None and flag.nargs == 0 and flag.const is False  # no-simplify: true
+        action = action or flag
+        if action is None or action.dest in ("help", "config"):
             raise UserError(f"--config {p}: unknown key {key!r}; keys are the command's flag names (e.g. batch-size)")
-        out[dest] = value
+        value = _config_value(p, key, value, action)
+        out[action.dest] = (not value) if inverted else value
     return out
+
+
+def _config_value(path: Path, key, value, action: argparse.Action):
+    """A YAML value checked and converted exactly as the same value typed on the command line would be."""
+    if action.required or not action.option_strings:
+        shown = action.option_strings[0] if action.option_strings else action.metavar or action.dest
+        raise UserError(f"--config {path}: {key!r} cannot come from a config file; give {shown} on the command line")
+    if action.nargs == 0:  # on/off flags: --amp, --no-simplify ...
+        if not isinstance(value, bool):
+            raise UserError(f"--config {path}: {key!r} is an on/off flag; use true or false, not {value!r}")
+        return value
+    if value is None:
+        return None
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise UserError(f"--config {path}: {key!r}: {value!r} is not valid ({exc})") from None
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"--config {path}: {key!r}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-size", type=int, default=8, help="images with a side below this many pixels are 'tiny'")
     g.add_argument("--pixel-hash", action="store_true",
                    help="find duplicates by decoded pixels (catches re-encoded copies; slower) instead of file bytes")
-    g.add_argument("--workers", type=int, default=None, help="processes (default: number of cores, at most 8)")
+    g.add_argument("--workers", type=int, default=None, help="processes (default: number of cores, at most 32)")
     g.add_argument("--no-cache", action="store_true", help="decode every file again instead of using the cache")
     g = p.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", default=None, help="also write the full report as JSON here")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("download")
     g.add_argument("--out", required=True, metavar="DIR", help="dataset folder to fill")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds per connection/read (body: 3x)")
-    g.add_argument("--retries", type=int, default=2, help="extra attempts on timeouts, resets and 5xx answers")
+    g.add_argument("--retries", type=int, default=2, help="extra attempts on timeouts, resets and HTTP 408, 429, 500, 502, 503, 504")
     g.add_argument("--max-bytes", type=int, default=20_000_000, help="largest accepted image file")
     g.add_argument("--workers", type=int, default=8, help="parallel downloads")
     g.add_argument("--report", metavar="PATH", default=None, help="JSON report (default: OUT/import_report.json)")

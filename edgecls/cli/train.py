@@ -22,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18", help="registered backbone name (see `edgecls models`)")
-    g.add_argument("--model-name", default=None, help="name recorded in the checkpoint (default: the backbone)")
+    g.add_argument("--model-name", default=None, help="run name recorded in args.yaml and every checkpoint (default: the backbone)")
     g.add_argument("--model-def-path", default="./models/", help="folder of plugin .py files that register backbones")
     g.add_argument("--pretrained", action="store_true", help="start from installed ImageNet weights (efficientnet-lite0)")
     g.add_argument("--snapshot", default=None, metavar="PTH", help="initial weights: an edgecls checkpoint or a state_dict file")

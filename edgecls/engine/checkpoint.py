@@ -1,4 +1,4 @@
-"""Checkpoint contract (DESIGN.md): metadata + state_dict, written atomically, read safely.
+"""Checkpoint contract (docs/ARCHITECTURE.md): metadata + state_dict, written atomically, read safely.
 
     {"format": "edgecls-checkpoint/1",
      "model": {"name": "resnet18", "kwargs": {...}},

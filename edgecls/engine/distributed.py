@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from edgecls.errors import UserError
+
 
 @dataclass
 class DistContext:
@@ -32,7 +34,12 @@ def setup(gpu: int | None) -> DistContext:
         return DistContext()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = gpu is not None and gpu >= 0 and torch.cuda.is_available()
+    use_cuda = gpu is not None and gpu >= 0
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(f"--gpu {gpu}: CUDA is not available on this machine; drop --gpu to train on the CPU (gloo)")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise UserError(f"torchrun started local rank {local_rank} but this machine has {torch.cuda.device_count()} "
+                        "CUDA device(s); use --nproc-per-node <= the GPU count")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

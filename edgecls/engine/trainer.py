@@ -84,7 +84,7 @@ class TrainConfig:
     compile: bool = False
     exist_ok: bool = False
     override_epochs: int | None = None  # with --resume: a new epoch budget
-    cache_images: str = "auto"  # none | ram | disk | auto (edgecls.data.cache)
+    cache_images: str = "auto"  # auto | none | ram | disk | gpu (edgecls.data.cache, edgecls.data.gpu_cache)
     model_kwargs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -569,6 +569,7 @@ def fit(cfg: TrainConfig) -> dict:
             metrics = {"val_top1": row["val_top1"], f"val_top{topk}": row["val_topk"], "val_loss": row["val_loss"], "epoch": epoch + 1}
             ckpt = make_checkpoint(model, backbone=cfg.backbone, model_kwargs=model_kwargs, classes=classes,
                                    preprocess=preprocess, metrics=metrics)
+            ckpt["model_name"] = cfg.model_name
             if is_best:
                 save_checkpoint(ckpt, run_dir / "best.pth")
             ckpt["train"] = {

@@ -169,13 +169,14 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     async def classify(request: Request, topk: str | None = None):
         """Multipart field `img`: one image. `?topk=` how many classes (default 5, capped at the class count)."""
         k = parse_topk(topk)
+        several = "use POST /classify/batch for several"
         form = await read_form(request, max_body=settings.max_upload_bytes + MULTIPART_SLACK, max_files=2,
-                               what="per image")
+                               what="per image", too_many=ApiError(400, f"/classify takes one image in field 'img' "
+                                                                        f"but got more; {several}"))
         try:
             files = image_files(form)
             if len(files) > 1:
-                raise ApiError(400, f"/classify takes one image in field 'img' but got {len(files)}; "
-                                    "use POST /classify/batch for several")
+                raise ApiError(400, f"/classify takes one image in field 'img' but got {len(files)}; {several}")
             array = await prepare(files[0])
         finally:
             await form.close()  # spooled temp files go away even when the request failed
@@ -190,13 +191,14 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         (`success: false`, `error`, `status`); the others are still classified."""
         k = parse_topk(topk)
         limit = settings.max_batch_files
+        split = "split them over several requests (or start the server with a larger --max-batch)"
         form = await read_form(request, max_body=limit * settings.max_upload_bytes + MULTIPART_SLACK,
-                               max_files=limit + 1, what=f"({limit} images of at most {settings.max_upload_bytes / 2**20:.3g} MiB)")
+                               max_files=limit + 1, what=f"({limit} images of at most {settings.max_upload_bytes / 2**20:.3g} MiB)",
+                               too_many=ApiError(413, f"more files than the server's limit of {limit} per batch; {split}"))
         try:
             files = image_files(form)
             if len(files) > limit:
-                raise ApiError(413, f"{len(files)} files is more than the server's limit of {limit} per batch; "
-                                    "split them over several requests (or start the server with a larger --max-batch)")
+                raise ApiError(413, f"{len(files)} files is more than the server's limit of {limit} per batch; {split}")
             prepared = await asyncio.gather(*(prepare(f) for f in files), return_exceptions=True)
         finally:
             await form.close()

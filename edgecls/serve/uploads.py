@@ -50,8 +50,10 @@ def _too_large(limit: int, what: str) -> str:
             "(or start the server with a larger --max-upload-mb)")
 
 
-async def read_form(request: Request, *, max_body: int, max_files: int, what: str) -> FormData:
-    """Parse a multipart/form-data body of at most `max_body` bytes; ApiError (413/415/400) otherwise."""
+async def read_form(request: Request, *, max_body: int, max_files: int, what: str,
+                    too_many: ApiError | None = None) -> FormData:
+    """Parse a multipart/form-data body of at most `max_body` bytes; ApiError (413/415/400) otherwise.
+    More than `max_files` files raises `too_many` (the endpoint's own message) when given."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(415, f"send the image as multipart/form-data with the file in field 'img' "
@@ -86,6 +88,8 @@ async def read_form(request: Request, *, max_body: int, max_files: int, what: st
         drained = not state["more"] or await _drain(request, DRAIN_BYTES)
         raise ApiError(413, _too_large(max_body, what), headers=None if drained else {"Connection": "close"}) from None
     except HTTPException as exc:  # starlette's MultiPartException, re-raised as a 400
+        if too_many is not None and str(exc.detail).startswith("Too many files"):
+            raise too_many from None
         raise ApiError(400, f"malformed multipart/form-data body: {exc.detail}") from None
     except ClientDisconnect:
         raise ApiError(400, "the client disconnected before the upload was complete") from None

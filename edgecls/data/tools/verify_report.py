@@ -69,7 +69,7 @@ def describe_files(paths: list[str], pixel_hash: bool = False, workers: int | No
         if hit is not None and stamps[p] is not None and hit[0] == stamps[p]:
             found[p] = tuple(hit[1])
     todo = [p for p in paths if p not in found]
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 32)
     if workers <= 1 or len(todo) < 200:
         found.update(zip(todo, _describe_chunk((todo, pixel_hash))))
     else:
