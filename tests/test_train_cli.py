@@ -223,6 +223,13 @@ def test_flag_errors(tmp_path, small_data, bad_inputs, case, flags, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_image_cache_without_cuda_writes_nothing(tmp_path, small_data):
+    proc = train([str(small_data), *FAST, "--cache-images", "gpu", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    assert_user_error(proc, "--cache-images gpu needs a CUDA device")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "snapshots").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_without_cuda(tmp_path, small_data):
     proc = train([str(small_data), *FAST, "--gpu", "0", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
     assert_user_error(proc, "--gpu 0: CUDA is not available", "--gpu -1")

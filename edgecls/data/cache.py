@@ -166,14 +166,19 @@ def cache_bytes(n: int, size: tuple[int, int]) -> int:
     return int(n) * int(size[0]) * int(size[1]) * 3
 
 
+def check_mode(mode: str, device: torch.device | None) -> None:
+    """A --cache-images value this device can use (checked before a run writes anything)."""
+    if mode not in MODES:
+        raise UserError(f"--cache-images {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "gpu" and (device is None or device.type != "cuda"):
+        raise UserError("--cache-images gpu needs a CUDA device (--gpu N); use ram or disk on the CPU")
+
+
 def resolve_mode(mode: str, total_bytes: int, distributed: bool = False, device: torch.device | None = None) -> str:
     """auto -> gpu on a CUDA device when it fits GPU_BUDGET_FRACTION of its free memory; else ram when it
     fits a quarter of RAM (disk under DDP: one shared copy), else disk, else none."""
-    if mode not in MODES:
-        raise UserError(f"--cache-images {mode!r}: choose one of {', '.join(MODES)}")
+    check_mode(mode, device)
     on_cuda = device is not None and device.type == "cuda"
-    if mode == "gpu" and not on_cuda:
-        raise UserError("--cache-images gpu needs a CUDA device (--gpu N); use ram or disk on the CPU")
     if mode != "auto":
         return mode
     if on_cuda and total_bytes <= GPU_BUDGET_FRACTION * _gpu_free(device):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes
+from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, upload
 from edgecls.errors import UserError
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
@@ -150,7 +150,6 @@ class DeviceFill:
         self._ready = np.zeros(len(paths), bool)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
-        self._event = None
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._thread: threading.Thread | None = None
         self.finished = False
@@ -227,21 +226,18 @@ class DeviceFill:
                                 f"scan?); fix or remove it, or train with --cache-images none")
             self.pixels[torch.tensor(fallback, device=self.device)] = torch.from_numpy(rows).to(self.device)
             self.sizes[fallback] = sizes
-        event = None
         if self._stream is not None:
-            # Wait for this chunk's GPU work: torchvision's nvjpeg output may reuse memory freed on this
-            # stream without ordering against it (pytorch/vision#9606), so nothing is left in flight.
+            # The chunk's GPU work is finished before its rows are marked ready, so readers on any stream
+            # see them; and torchvision's nvjpeg output may reuse memory freed on this stream without
+            # ordering against it (pytorch/vision#9606), so nothing may be left in flight.
             self._stream.synchronize()
-            event = torch.cuda.Event()
-            event.record(self._stream)
         with self._cond:
             self._ready[chunk] = True
-            self._event = event
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ reading
     def wait(self, rows) -> None:
-        """Block until `rows` (CPU indices) are written; order the reader's CUDA stream after them."""
+        """Block until `rows` (CPU indices) are written."""
         if self._synced:
             return
         rows_np = np.asarray(rows, dtype=np.int64)
@@ -250,9 +246,7 @@ class DeviceFill:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-            event, finished = self._event, self.finished
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
+            finished = self.finished
         if finished:
             self._synced = True
             self.log(f"  train cache filled in {self.seconds:.1f} s: {self.nvjpeg_count} JPEGs decoded on the "
@@ -267,16 +261,11 @@ def build_on_device(paths: list[str], decoder, device: torch.device, *, workers:
                     stream: bool = False, log=print) -> DecodedImages:
     """The "gpu" cache for one process. TrainDecoder rows via DeviceFill (streamed into the first epoch when
     `stream`); EvalDecoder rows (the exact eval pixels) via PIL in worker processes, then uploaded."""
-    from edgecls.data.cache import _run_decode, upload
-
     n = len(paths)
     h, w = decoder.size
     log(f"caching {n} decoded images at {h}x{w} in GPU memory ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB"
         f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})")
     if not isinstance(decoder, TrainDecoder):
-        rows = np.empty((n, h, w, 3), np.uint8)
-        sizes = np.zeros((n, 2), np.int32)
-        _run_decode(paths, decoder, workers, None, rows, sizes, log)
-        return upload(DecodedImages(rows, sizes, "ram"), device)
+        return upload(load_or_build(paths, decoder, "ram", workers=workers, log=lambda message: None), device)
     fill = DeviceFill(paths, decoder, device, workers=workers, order=order, log=log)
     return fill.start() if stream else fill.run()

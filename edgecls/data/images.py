@@ -55,11 +55,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode a file fully and return RGB; raises OSError/ValueError on a bad image."""
+def load_rgb(path: str | os.PathLike, *, jpeg_shrink: int = 1) -> Image.Image:
+    """Decode a file and return RGB; raises OSError/ValueError on a bad image.
+
+    `jpeg_shrink` > 1 decodes a JPEG at up to that fraction of its size (DCT scaling): every
+    entropy-coded byte is still read, so truncation and corrupt data are still found, cheaper.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
+            if jpeg_shrink > 1 and img.format == "JPEG":
+                img.draft(None, (max(1, img.width // jpeg_shrink), max(1, img.height // jpeg_shrink)))
             img.load()
             return to_rgb(img)
 
@@ -71,21 +77,6 @@ def load_rgb_bytes(data: bytes) -> Image.Image:
     return load_rgb(io.BytesIO(data))
 
 
-def _decode_check(path: Path) -> None:
-    """Decode every byte of the file without keeping full-size pixels.
-
-    A JPEG is decoded at 1/8 scale (DCT scaling): every entropy-coded byte is still read,
-    so truncation and corrupt data are still found, at about half the cost of a full decode.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-            to_rgb(img)
-
-
 def check_image(path: str | os.PathLike) -> str | None:
     """Return None when the file decodes as an image, else a short reason."""
     p = Path(path)
@@ -95,7 +86,7 @@ def check_image(path: str | os.PathLike) -> str | None:
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
     try:
-        _decode_check(p)
+        load_rgb(p, jpeg_shrink=8)  # every byte is decoded; full-size pixels are not needed
     except Image.DecompressionBombWarning:
         return f"too many pixels (over {MAX_PIXELS:,})"
     except Image.DecompressionBombError:

@@ -5,6 +5,7 @@
      "classes": ["ants", "bees"],
      "preprocess": {...Preprocess.to_dict()...},
      "state_dict": {...},
+     "model_name": "..."             # optional: train.py --model-name
      "train": {...resume state...}   # optional
      "metrics": {...}}               # optional
 
@@ -61,6 +62,7 @@ def make_checkpoint(
     preprocess: Preprocess,
     train_state: dict | None = None,
     metrics: dict | None = None,
+    model_name: str | None = None,
 ) -> dict:
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -71,6 +73,8 @@ def make_checkpoint(
         "preprocess": preprocess.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if model_name is not None:
+        ckpt["model_name"] = model_name
     if train_state is not None:
         ckpt["train"] = train_state
     if metrics is not None:

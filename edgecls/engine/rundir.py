@@ -70,6 +70,6 @@ def write_bad_files(report: str, path: Path) -> None:
 
 def write_timings(timings: dict, path: Path) -> None:
     """Seconds spent before the first epoch: the dataset scan and the decoded-image cache (mode, build time)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(timings, indent=2) + "\n")
-    os.replace(tmp, path)
+    from edgecls.data.tools import atomic_write_text
+
+    atomic_write_text(json.dumps(timings, indent=2) + "\n", path)

@@ -366,7 +366,8 @@ def epoch_seed(cfg: TrainConfig, epoch: int) -> int:
     return cfg.seed * 100_003 + epoch
 
 
-def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, val_samples, ctx, first_epoch: int = 0):
+def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, val_samples, ctx, device: torch.device,
+                       first_epoch: int = 0):
     """(train, val) CachedSets of decoded uint8 images, or None for the PIL-per-epoch path.
 
     Under DDP a disk cache is built by rank 0 and memory-mapped by every rank. In gpu mode on one
@@ -374,7 +375,6 @@ def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, 
     """
     train_size = image_cache.train_cache_size(preprocess, cfg.crop_scale)
     total = image_cache.cache_bytes(len(train_samples), train_size) + image_cache.cache_bytes(len(val_samples), preprocess.input_size)
-    device = ctx.device if ctx.enabled else resolve_device(cfg.gpu)
     mode = image_cache.resolve_mode(cfg.cache_images, total, distributed=ctx.enabled, device=device)
     if mode == "none":
         if cfg.cache_images == "auto":
@@ -453,6 +453,7 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.freeze_backbone:
         freeze_backbone(model)
     make_loss(cfg, train_split.counts(len(classes)))  # bad --class-weights / --label-smoothing fail here
+    image_cache.check_mode(cfg.cache_images, device)
     # The run folder is written only once every flag has been checked: a failed start leaves nothing.
     if dist_utils.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -473,7 +474,7 @@ def fit(cfg: TrainConfig) -> dict:
     val_ds = FolderDataset(val_split.samples, preprocess)
     cache_started = time.perf_counter()
     first_epoch = resume_ckpt["train"]["epoch"] + 1 if resume_ckpt is not None else 0
-    cached = build_image_caches(cfg, preprocess, train_split.samples, val_split.samples, ctx, first_epoch)
+    cached = build_image_caches(cfg, preprocess, train_split.samples, val_split.samples, ctx, device, first_epoch)
     if cached is not None:
         train_ds, val_ds = cached
     timings = {"scan_s": round(scan_seconds, 3), "cache_s": round(time.perf_counter() - cache_started, 3),
@@ -568,8 +569,7 @@ def fit(cfg: TrainConfig) -> dict:
         if dist_utils.is_main():
             metrics = {"val_top1": row["val_top1"], f"val_top{topk}": row["val_topk"], "val_loss": row["val_loss"], "epoch": epoch + 1}
             ckpt = make_checkpoint(model, backbone=cfg.backbone, model_kwargs=model_kwargs, classes=classes,
-                                   preprocess=preprocess, metrics=metrics)
-            ckpt["model_name"] = cfg.model_name
+                                   preprocess=preprocess, metrics=metrics, model_name=cfg.model_name)
             if is_best:
                 save_checkpoint(ckpt, run_dir / "best.pth")
             ckpt["train"] = {
