@@ -6,13 +6,7 @@
 # Needs python3 with torch + torchvision (CUDA), pillow, scikit-learn, pyyaml, tqdm, matplotlib;
 # efficientnet_pytorch may come from $EDGECLS_EXTRA_SITE (a folder put on PYTHONPATH).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT_DIR=${1:-${OUT:-bench_out}}
-mkdir -p "$OUT_DIR"
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH="${EDGECLS_EXTRA_SITE:+$EDGECLS_EXTRA_SITE:}$PWD"
-export EDGECLS_CACHE_DIR=${EDGECLS_CACHE_DIR:-/tmp/edgecls-cache}
-DATA=${DATA:-/tmp/edgecls-photos}
+source "$(dirname "$0")/gpu_env.sh"
 BACKBONES=${BACKBONES:-resnet18 mobilenetv2 efficientnet-b0 resnet50}
 TRAIN_IMAGES=${TRAIN_IMAGES:-40000}
 VAL_IMAGES=${VAL_IMAGES:-2000}

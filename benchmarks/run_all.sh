@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CPU benchmark in turn (about 40 minutes on 2 cores; run it on an otherwise idle machine:
 # other processes distort the timings). Results (JSON, logs) go to bench_out/; the ONNX speed
-# table is rewritten in docs/onnx_speed.md. GPU training: benchmarks/gpu_train_speed.sh.
+# table is rewritten in docs/onnx_speed.md. GPU training: benchmarks/gpu_train_speed.sh and
+# benchmarks/gpu_first_epoch.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,6 +15,7 @@ run() { echo "== $*"; "$@" 2>&1 | tee -a "$OUT/run_all.log"; }
 run "$PY" benchmarks/photos.py --out "$OUT/photos" --train 768 --val 128
 run "$PY" benchmarks/train_speed.py --backbone mobilenetv2 --data "$OUT/photos" --batch-size 32 --epochs 3 \
     --json "$OUT/train_speed_mobilenetv2_cpu.json"
+run "$PY" benchmarks/fill_reader.py --data "$OUT/photos" --images 16000 --json "$OUT/fill_reader.json"
 if [ -d /usr/share/datasets/fashion-mnist ]; then   # apt-get install dataset-fashion-mnist
     run "$PY" benchmarks/verify_speed.py "$OUT/fmnist_png" --json "$OUT/verify_speed.json"   # issue 7 (writes the PNGs)
     run "$PY" benchmarks/train_speed.py --scan-only --data "$OUT/fmnist_png" --json "$OUT/scan_70k.json"

@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,7 +234,7 @@ def photo_folder(tmp_path_factory):
 
 
 def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
-    from edgecls.data.gpu_cache import jpeg_header
+    from edgecls.data.jpeg_reader import jpeg_header
 
     cmyk = tmp_path / "cmyk.jpg"
     Image.open(photo_folder[0]).convert("CMYK").save(cmyk)
@@ -247,6 +248,51 @@ def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
             assert head.components == len(img.getbands()), path
             assert head.progressive == bool(img.info.get("progressive")), path
             assert head.orientation == img.getexif().get(0x0112, 1), path
+
+
+def test_reader_processes_return_every_chunk_in_order_with_the_files_bytes(photo_folder, tmp_path):
+    """Child processes read the files: each nvjpeg-exact JPEG comes back byte for byte with its size,
+    every other file (PNG, progressive, gray, EXIF-rotated, vanished) as (None, None), chunks in order."""
+    from edgecls.data.jpeg_reader import read_chunks
+
+    paths = [*photo_folder, str(tmp_path / "vanished.jpg")]
+    chunks = [paths[:3], paths[3:4], [], paths[4:], paths[:2]]
+    got = list(read_chunks(chunks, processes=2))
+    assert [len(c) for c in got] == [len(c) for c in chunks]
+    for chunk, results in zip(chunks, got):
+        for path, (data, wh) in zip(chunk, results):
+            if os.path.basename(path).startswith("plain"):
+                assert bytes(data) == Path(path).read_bytes(), path
+                with Image.open(path) as img:
+                    assert wh == img.size, path
+            else:
+                assert data is None and wh is None, path
+    data = next(d for results in got for d, _ in results if d is not None)
+    assert not data.readonly  # torch.frombuffer wraps it without a copy or a warning
+    assert list(read_chunks([])) == []
+
+
+def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch):
+    import subprocess
+
+    from edgecls.data import jpeg_reader
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(jpeg_reader.subprocess, "Popen", recording_popen)
+    reads = jpeg_reader.read_chunks([photo_folder[:1]] * 400, processes=2)
+    next(reads)
+    reads.close()  # what the fill does when decoding fails
+    assert len(started) == 2 and all(child.returncode is not None for child in started)
+
+    monkeypatch.setattr(jpeg_reader.sys, "executable", shutil.which("false"))
+    with pytest.raises(UserError, match="JPEG reader process .* ended early .*--cache-images ram"):
+        list(jpeg_reader.read_chunks([photo_folder[:1]], processes=1))
 
 
 def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):
@@ -273,6 +319,7 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
     """A fill started in the background, in the loader's visiting order: every batch equals the one
     from a cache built up front (the loader waits for its rows), and nothing is left unwritten."""
     from edgecls.data.gpu_cache import DeviceFill
+    from edgecls.engine.trainer import EpochStats, first_epoch_timings
 
     pre = Preprocess((32, 32), preset="kneron")
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
@@ -289,6 +336,10 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
     for (x1, y1), (x2, y2) in zip(batches(full), batches(streamed)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert streamed.fill.finished and torch.equal(full.pixels, streamed.pixels)
+    timings = first_epoch_timings(EpochStats(1.0, 0.0, len(paths), 2.0, 0.5), (ic.CachedSet(streamed, labels),))
+    assert timings["first_epoch_s"] == 2.0 and timings["first_step_s"] == 0.5
+    assert timings["fill_s"] == round(streamed.fill.seconds, 3) > 0 and timings["fill_wait_s"] >= 0
+    assert timings["fill_nvjpeg_images"] == sum(p.lower().endswith(".jpg") for p in paths)
 
 
 def test_loader_over_a_resident_tensor_equals_the_numpy_cache(val_samples):

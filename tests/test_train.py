@@ -86,6 +86,10 @@ def test_run_folder_contents(trained_run, digits_dir):
     assert args["backbone"] == "FP_classifier" and args["input_size"] == [32, 32] and args["data"] == str(digits_dir)
     with Image.open(trained_run / "curves.png") as img:
         assert img.format == "PNG" and img.width > 300
+    timings = json.loads((trained_run / "timings.json").read_text())
+    assert timings["train_images"] == sum(1 for _ in (digits_dir / "train").rglob("*.png")) and not timings["train_cache_streamed"]
+    first_row = read_rows(trained_run)[0]
+    assert 0 < timings["first_step_s"] < timings["first_epoch_s"] == pytest.approx(float(first_row["seconds"]), abs=0.01)
     last = load_checkpoint(trained_run / "last.pth")
     assert last["train"]["epoch"] == len(read_rows(trained_run)) - 1
     assert {"optimizer", "scheduler", "rng", "early_stopping", "config"} <= set(last["train"])

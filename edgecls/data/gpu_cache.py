@@ -2,8 +2,9 @@
 
 JPEGs are decoded by nvjpeg (torchvision.io.decode_jpeg on the device) and resized there,
 antialiased like PIL; every other file (PNG, grayscale / CMYK / progressive / EXIF-rotated
-JPEG) goes through the same PIL decoder as the RAM cache. Which path a file takes is read
-from its JPEG header in pure Python, so sorting 30k files costs well under a second.
+JPEG) goes through the same PIL decoder as the RAM cache. Files are read, and which path each
+takes is read from its JPEG header, in child processes (`jpeg_reader`), so that reading does
+not take the GIL from the thread that trains.
 
 `DeviceFill` writes the rows in a given order. `run()` fills everything before training;
 `start()` fills in a background thread on its own CUDA stream, in the order the first epoch
@@ -14,106 +15,21 @@ epoch trains while the rest is still being decoded.
 from __future__ import annotations
 
 import contextlib
-import struct
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, upload
+from edgecls.data.jpeg_reader import read_chunks
 from edgecls.errors import UserError
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
-READ_AHEAD = 3  # chunks being read while one is decoded
+READ_PROCESSES = 2  # child processes reading chunks (see jpeg_reader)
 GPU_DECODE_PIXELS = 48_000_000  # source pixels per nvjpeg call (bounds the float copy made for resizing)
-
-_SOF_SEQUENTIAL = {0xC0, 0xC1}  # baseline / extended sequential Huffman: what nvjpeg decodes like libjpeg
-_SOF_OTHER = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # progressive, lossless, arithmetic
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    width: int
-    height: int
-    components: int
-    precision: int
-    progressive: bool
-    orientation: int  # EXIF orientation, 1 = upright
-    adobe_transform: int | None  # APP14 "Adobe" color transform flag, when present
-
-
-def jpeg_header(data: bytes) -> JpegHeader | None:
-    """Size, components, coding and EXIF orientation from a JPEG's markers; None when not a JPEG."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    pos, n = 2, len(data)
-    orientation, adobe, sof = 1, None, None
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            pos += 2
-            continue
-        if marker == 0xDA or marker == 0xD9:  # start of scan / end of image: the header is over
-            break
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        body = data[pos + 4:pos + 2 + length]
-        if marker in _SOF_SEQUENTIAL or marker in _SOF_OTHER:
-            if len(body) < 6:
-                return None
-            precision, height, width, comps = struct.unpack(">BHHB", body[:6])
-            sof = (width, height, comps, precision, marker in _SOF_OTHER)
-        elif marker == 0xE1 and body[:6] == b"Exif\x00\x00":
-            orientation = _exif_orientation(body[6:])
-        elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
-            adobe = body[11]
-        pos += 2 + length
-    if sof is None:
-        return None
-    return JpegHeader(sof[0], sof[1], sof[2], sof[3], sof[4], orientation, adobe)
-
-
-def _exif_orientation(tiff: bytes) -> int:
-    """Tag 0x0112 of IFD0 in a TIFF-structured EXIF block (1 when absent or unreadable)."""
-    if tiff[:2] not in (b"II", b"MM"):
-        return 1
-    order = "<" if tiff[:2] == b"II" else ">"
-    try:
-        (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-        for i in range(count):
-            entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
-            tag, kind = struct.unpack(order + "HH", entry[:4])
-            if tag == 0x0112 and kind == 3:
-                return struct.unpack(order + "H", entry[8:10])[0]
-    except struct.error:
-        return 1
-    return 1
-
-
-def nvjpeg_probe(path: str) -> tuple[bytes | None, tuple[int, int] | None]:
-    """(file bytes, (W, H)) when nvjpeg gives exactly what load_rgb gives: an 8-bit, sequential,
-    3-component YCbCr JPEG with no EXIF rotation. (None, None) sends the file to PIL."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None, None
-    head = jpeg_header(data)
-    if (head is None or head.progressive or head.components != 3 or head.precision != 8 or head.orientation != 1
-            or head.adobe_transform == 0 or not head.width or not head.height):
-        return None, None
-    return data, (head.width, head.height)
-
 
 def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """uint8 3xHixWi tensors -> uint8 N x H x W x 3, antialiased like PIL's resize; same-shape images batched."""
@@ -134,19 +50,20 @@ def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpol
 class DeviceFill:
     """Fill a uint8 N x H x W x 3 tensor on `device` with the training decoder's rows, in `order`."""
 
-    def __init__(self, paths: list[str], decoder: TrainDecoder, device: torch.device, *, workers: int = 1,
-                 order: torch.Tensor | None = None, log=print):
+    def __init__(self, paths: list[str], decoder: TrainDecoder, device: torch.device, *,
+                 order: torch.Tensor | None = None, read_processes: int = READ_PROCESSES, log=print):
         self.paths = paths
         self.decoder = decoder
         self.device = device
-        self.workers = max(1, int(workers))
+        self.read_processes = read_processes
         self.order = (order if order is not None else torch.arange(len(paths))).tolist()
         self.log = log
         h, w = decoder.size
         self.pixels = torch.empty((len(paths), h, w, 3), dtype=torch.uint8, device=device)
         self.sizes = np.zeros((len(paths), 2), np.int32)
         self.nvjpeg_count = 0
-        self.seconds = 0.0
+        self.seconds = 0.0  # the fill's own duration, once finished
+        self.wait_seconds = 0.0  # how long readers were blocked waiting for rows
         self._ready = np.zeros(len(paths), bool)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -178,16 +95,11 @@ class DeviceFill:
         started = time.perf_counter()
         stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         try:
-            with stream_ctx, ThreadPoolExecutor(max_workers=max(2, self.workers), thread_name_prefix="edgecls-read") as pool:
-                chunks = [self.order[i:i + READ_CHUNK] for i in range(0, len(self.order), READ_CHUNK)]
-                pending: list = []  # reads run READ_AHEAD chunks ahead of the decoder
-                for chunk in chunks:
-                    pending.append((chunk, [pool.submit(nvjpeg_probe, self.paths[i]) for i in chunk]))
-                    if len(pending) > READ_AHEAD:
-                        done, futures = pending.pop(0)
-                        self._decode(done, [f.result() for f in futures])
-                for done, futures in pending:
-                    self._decode(done, [f.result() for f in futures])
+            chunks = [self.order[i:i + READ_CHUNK] for i in range(0, len(self.order), READ_CHUNK)]
+            reads = read_chunks([[self.paths[i] for i in chunk] for chunk in chunks], self.read_processes)
+            with stream_ctx, contextlib.closing(reads):  # closing: an error stops the reader processes now
+                for chunk, probes in zip(chunks, reads):
+                    self._decode(chunk, probes)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = exc
         self.seconds = time.perf_counter() - started
@@ -208,7 +120,7 @@ class DeviceFill:
             try:
                 with warnings.catch_warnings():  # torchvision >= 0.29 says its image IO moves to TorchCodec
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    decoded = decode_jpeg([torch.frombuffer(bytearray(d), dtype=torch.uint8) for _, d, _ in take],
+                    decoded = decode_jpeg([torch.frombuffer(d, dtype=torch.uint8) for _, d, _ in take],
                                           mode=ImageReadMode.RGB, device=self.device)
             except RuntimeError:  # nvjpeg refused one of them: PIL decodes this group
                 fallback += [i for i, _, _ in take]
@@ -242,8 +154,11 @@ class DeviceFill:
             return
         rows_np = np.asarray(rows, dtype=np.int64)
         with self._cond:
-            while not self._ready[rows_np].all() and self._error is None and not self.finished:
-                self._cond.wait()
+            if not self._ready[rows_np].all():
+                started = time.perf_counter()
+                while not self._ready[rows_np].all() and self._error is None and not self.finished:
+                    self._cond.wait()
+                self.wait_seconds += time.perf_counter() - started
             if self._error is not None:
                 raise self._error
             finished = self.finished
@@ -267,5 +182,5 @@ def build_on_device(paths: list[str], decoder, device: torch.device, *, workers:
         f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})")
     if not isinstance(decoder, TrainDecoder):
         return upload(load_or_build(paths, decoder, "ram", workers=workers, log=lambda message: None), device)
-    fill = DeviceFill(paths, decoder, device, workers=workers, order=order, log=log)
+    fill = DeviceFill(paths, decoder, device, order=order, log=log)
     return fill.start() if stream else fill.run()

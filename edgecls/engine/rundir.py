@@ -69,7 +69,8 @@ def write_bad_files(report: str, path: Path) -> None:
 
 
 def write_timings(timings: dict, path: Path) -> None:
-    """Seconds spent before the first epoch: the dataset scan and the decoded-image cache (mode, build time)."""
+    """Seconds spent before the first epoch (dataset scan, decoded-image cache mode and set-up), then, once
+    it is over, where the first epoch went (first step, and the gpu cache fill beside it)."""
     from edgecls.data.tools import atomic_write_text
 
     atomic_write_text(json.dumps(timings, indent=2) + "\n", path)

@@ -100,6 +100,7 @@ class EpochStats:
     acc: float
     images: int
     seconds: float
+    first_step_seconds: float = 0.0  # from the epoch's start to its first step done (cudnn autotuning shows here)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -247,6 +248,17 @@ def peak_memory_mb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------- loops
 
 
+def first_epoch_timings(stats: EpochStats, cached) -> dict:
+    """Where a run's first epoch went: its first step (cudnn autotuning) and, when the gpu cache was
+    filled during the epoch, the fill's duration and how long training waited for its rows."""
+    out = {"first_epoch_s": round(stats.seconds, 3), "first_step_s": round(stats.first_step_seconds, 3)}
+    fill = cached[0].images.fill if cached is not None else None
+    if fill is not None:
+        out.update({"fill_s": round(fill.seconds, 3) if fill.finished else None,
+                    "fill_wait_s": round(fill.wait_seconds, 3), "fill_nvjpeg_images": fill.nvjpeg_count})
+    return out
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, amp=False, scaler=None,
                     channels_last=False, desc="train", show_progress=False) -> EpochStats:
     model.train()
@@ -254,6 +266,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, a
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     start = time.perf_counter()
+    first_step = 0.0
     bar = progress(loader, len(loader), desc, show_progress)
     for step, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
@@ -276,11 +289,15 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, a
         seen += n
         total_loss += loss.detach().double() * n
         correct += (logits.argmax(1) == labels).sum()
+        if step == 0:  # one host sync per epoch
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_step = time.perf_counter() - start
         if show_progress and step % 10 == 0:
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}")
-    return EpochStats(total_loss.item(), float(correct.item()), seen, time.perf_counter() - start)
+    return EpochStats(total_loss.item(), float(correct.item()), seen, time.perf_counter() - start, first_step)
 
 
 @torch.no_grad()
@@ -541,6 +558,9 @@ def fit(cfg: TrainConfig) -> dict:
         stats = train_one_epoch(train_model, train_loader, criterion, optimizer, scheduler, device, amp=cfg.amp,
                                 scaler=scaler, channels_last=channels_last,
                                 desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=show_progress)
+        if epoch == start_epoch and dist_utils.is_main():
+            timings.update(first_epoch_timings(stats, cached))
+            write_timings(timings, run_dir / "timings.json")
         # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
         eval_model = model if ctx.enabled else train_model
         loss_sum, top1_c, topk_c, count = evaluate(eval_model, val_loader, criterion, device, topk=topk,

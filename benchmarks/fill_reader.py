@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""The GPU cache fill's file-reading stage, and what it costs the training thread beside it.
+
+    python benchmarks/fill_reader.py --data DIR [--images 8000] [--processes 1 2] [--json F]
+
+The "gpu" cache fill reads every training JPEG and parses its header (to know which files nvjpeg
+may decode) on threads of the training process, while epoch 1 trains. Both stages share one GIL,
+so this measures, on any machine (no GPU needed), in one run:
+
+  read rate        images/s through the reading stage alone
+  dispatch rate    small torch ops/s issued by a second thread (a stand-in for the training
+                   thread, which on a GPU spends its time issuing kernels) while that stage runs,
+                   as a fraction of the same loop alone
+
+for the baseline (the first version: one thread-pool task per file on 16 threads, bytes copied
+into a bytearray by the consumer), for one task per 128-file chunk on one thread (the obvious
+mend), and for `jpeg_reader.read_chunks` (child processes stream the chunks through pipes) with
+each --processes count. Files are read once beforehand so every variant reads from the page cache.
+A control row runs the loop beside as many CPU-busy processes as the largest --processes count
+(no reading, no GIL shared): what the loop loses there is CPU time, not the GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from edgecls.data.gpu_cache import READ_CHUNK  # noqa: E402
+from edgecls.data.jpeg_reader import read_chunks, read_jpeg  # noqa: E402
+
+READ_AHEAD = 3  # chunks in flight in the thread variants, as in the first version
+
+
+def per_file_baseline(chunks: list[list[str]], threads: int = 16):
+    """The first version's stage: a future per file, READ_AHEAD chunks ahead, then a bytearray copy of each."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending = []
+        for chunk in chunks:
+            pending.append([pool.submit(read_jpeg, p) for p in chunk])
+            if len(pending) > READ_AHEAD:
+                yield [(bytearray(d) if d is not None else None, wh) for d, wh in (f.result() for f in pending.pop(0))]
+        for futures in pending:
+            yield [(bytearray(d) if d is not None else None, wh) for d, wh in (f.result() for f in futures)]
+
+
+def per_chunk_thread(chunks: list[list[str]]):
+    """One task per chunk on one thread, READ_AHEAD chunks ahead."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = []
+        for chunk in chunks:
+            pending.append(pool.submit(lambda c: [read_jpeg(p) for p in c], chunk))
+            if len(pending) > READ_AHEAD:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+class DispatchLoop:
+    """Small in-place torch ops in a thread until stopped; counts them."""
+
+    def __init__(self):
+        self.ops = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        x = torch.zeros(64)
+        while not self._stop.is_set():
+            for _ in range(100):
+                x.add_(1.0)
+            self.ops += 100
+
+    def __enter__(self):
+        self._started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self._started
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds
+
+
+def measure(name, make_reader, chunks, n_images) -> dict:
+    start = time.perf_counter()
+    for _ in make_reader(chunks):
+        pass
+    alone = time.perf_counter() - start
+    with DispatchLoop() as loop:
+        start = time.perf_counter()
+        for _ in make_reader(chunks):
+            pass
+        beside = time.perf_counter() - start
+    return {"reader": name, "read_img_s": round(n_images / alone), "read_img_s_beside_dispatch": round(n_images / beside),
+            "dispatch_ops_s": round(loop.rate)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder of JPEGs (e.g. benchmarks/photos.py output)")
+    ap.add_argument("--images", type=int, default=8000, help="files read per variant (the folder's files repeated)")
+    ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="read_chunks process counts to measure")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    files = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))
+    if not files:
+        print(f"error: {args.data}: no .jpg files; make some with benchmarks/photos.py", file=sys.stderr)
+        return 2
+    paths = (files * (args.images // len(files) + 1))[: args.images]
+    for path in files:  # page cache
+        Path(path).read_bytes()
+    chunks = [paths[i:i + READ_CHUNK] for i in range(0, len(paths), READ_CHUNK)]
+    torch.set_num_threads(1)
+
+    with DispatchLoop() as loop:
+        time.sleep(2.0)
+    alone_rate = loop.rate
+    rows = [measure("per-file tasks, 16 threads (baseline)", per_file_baseline, chunks, len(paths)),
+            measure("per-chunk tasks, 1 thread", per_chunk_thread, chunks, len(paths))]
+    for procs in args.processes:
+        rows.append(measure(f"read_chunks, {procs} process(es)", lambda c, k=procs: read_chunks(c, k), chunks, len(paths)))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(args.processes))]
+    try:
+        time.sleep(0.3)
+        with DispatchLoop() as loop:
+            time.sleep(2.0)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    rows.append({"reader": f"control: {len(busy)} CPU-busy process(es), no reading", "read_img_s": None,
+                 "read_img_s_beside_dispatch": None, "dispatch_ops_s": round(loop.rate)})
+    for row in rows:
+        row["dispatch_x_alone"] = round(row["dispatch_ops_s"] / alone_rate, 2)
+
+    print(f"{len(paths)} JPEG reads from {args.data} ({len(files)} files), {os.cpu_count()} CPUs; "
+          f"dispatch loop alone: {alone_rate:,.0f} ops/s")
+    print(f"{'reader':<44} {'read img/s':>11} {'beside loop':>12} {'loop x alone':>13}")
+    for row in rows:
+        reads = [f"{v:,}" if v is not None else "-" for v in (row["read_img_s"], row["read_img_s_beside_dispatch"])]
+        print(f"{row['reader']:<44} {reads[0]:>11} {reads[1]:>12} {row['dispatch_x_alone']:>13.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"images": len(paths), "cpus": os.cpu_count(),
+                                               "dispatch_alone_ops_s": round(alone_rate), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
