@@ -324,7 +324,7 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
 
 
 def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]:
-    from edgecls.cli.inference import atomic_write_text
+    from edgecls.data.tools import atomic_write_text
 
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]
         fh.write(text)
     payload = {"mode": result["mode"], "source": result["source"], "classes": result["classes"],
                **report, "problems": result["problems"]}
-    atomic_write_text(out / "eval_results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "eval_results.json")
     plot_confusion_matrix(report["confusion_matrix"], result["classes"], out / "confusion_matrix.png")
     return out, text
 

@@ -15,12 +15,12 @@ import io
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES, Preprocess
+from edgecls.data.tools import atomic_write_text
 from edgecls.errors import UserError
 
 SUMMARY_NAME = "summary.csv"
@@ -127,19 +127,6 @@ def prediction_record(img_path: str, ranked: list[tuple[float, str]]) -> dict:
     return {"img_path": img_path, "0_0": [[score, label] for score, label in ranked]}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def output_folder(save_path: str) -> Path:
     p = Path(save_path)
     return p.with_suffix("") if p.suffix.lower() == ".json" else p
@@ -199,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if error:
             raise UserError(f"{path}: {error}")
         record = prediction_record(path, predictor.topk(probs, args.topk))
-        atomic_write_text(Path(args.save_path), json.dumps(record, indent=2) + "\n")
+        atomic_write_text(json.dumps(record, indent=2) + "\n", Path(args.save_path))
         print_single(record)
         print(f"saved {args.save_path}")
         return 0
@@ -226,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = csv.DictWriter(buf, fieldnames=["img_path", "top1_label", "top1_score", "json_file", "error"])
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(folder / SUMMARY_NAME, buf.getvalue())
+    atomic_write_text(buf.getvalue(), folder / SUMMARY_NAME)
     for path, error in failed:
         print(f"warning: {path}: {error} (skipped)", file=sys.stderr)
     done = len(paths) - len(failed)
