@@ -4,8 +4,9 @@
     python benchmarks/fill_reader.py --data DIR [--images 8000] [--processes 1 2] [--json F]
 
 The "gpu" cache fill reads every training JPEG and parses its header (to know which files nvjpeg
-may decode) on threads of the training process, while epoch 1 trains. Both stages share one GIL,
-so this measures, on any machine (no GPU needed), in one run:
+may decode) while epoch 1 trains. Its first version did that on threads of the training process,
+sharing one GIL with the thread that trains; it now uses child processes (`jpeg_reader`). This
+measures, on any machine (no GPU needed), in one run:
 
   read rate        images/s through the reading stage alone
   dispatch rate    small torch ops/s issued by a second thread (a stand-in for the training

@@ -12,8 +12,6 @@
 # Needs what gpu_train_speed.sh needs (efficientnet_pytorch may come from $EDGECLS_EXTRA_SITE).
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
-TRAIN_IMAGES=${TRAIN_IMAGES:-30000}
-VAL_IMAGES=${VAL_IMAGES:-2000}
 BACKBONE=${BACKBONE:-resnet18}
 BATCH=${BATCH:-256}
 GPU=${GPU:-0}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a GPU run's first epoch goes: file reading, JPEG decode and cudnn autotuning, measured apart.
 
-    python benchmarks/gpu_first_epoch_probe.py --data /tmp/edgecls-photos [--images 8000] [--json F]
+    python benchmarks/gpu_first_epoch_probe.py --data /tmp/edgecls-photos-30000-2000/train [--images 8000] [--json F]
     python benchmarks/gpu_first_epoch_probe.py --data DIR --images 256 --batch 2 --backbones resnet18   # CPU dry run
 
   read             jpeg_reader.read_chunks (child processes read the files and parse their headers)

@@ -8,8 +8,6 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 BACKBONES=${BACKBONES:-resnet18 mobilenetv2 efficientnet-b0 resnet50}
-TRAIN_IMAGES=${TRAIN_IMAGES:-40000}
-VAL_IMAGES=${VAL_IMAGES:-2000}
 EPOCHS=${EPOCHS:-3}
 BATCH=${BATCH:-256}
 GPU=${GPU:-0}   # -1 runs the same suite on the CPU (a dry run of this script)

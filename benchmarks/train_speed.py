@@ -227,7 +227,8 @@ def main(argv=None) -> int:
               f"{timings['train_images']:,} + {timings['val_images']:,} images; peak memory "
               f"{max(float(r['peak_mem_mb']) for r in rows):,.0f} MB; train.py wall {first['wall_s']:.0f} s")
         print(f"  first epoch {timings['first_epoch_s']:.1f} s (later: {float(rows[-1]['seconds']):.1f} s): first step "
-              f"{timings['first_step_s']:.1f} s" + (f", cache fill {timings['fill_s']:.1f} s beside it, training waited "
+              f"{timings['first_step_s']:.1f} s" + (f" (of which {timings['fill_first_wait_s']:.1f} s waiting for its rows), "
+                                                    f"cache fill {timings['fill_s']:.1f} s beside the epoch, training waited "
                                                     f"{timings['fill_wait_s']:.1f} s for rows" if "fill_wait_s" in timings else ""))
         if second:
             t2 = second["timings"]

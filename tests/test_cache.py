@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import signal
 import shutil
 import time
 from pathlib import Path
@@ -287,6 +289,8 @@ def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, mon
     monkeypatch.setattr(jpeg_reader.subprocess, "Popen", recording_popen)
     reads = jpeg_reader.read_chunks([photo_folder[:1]] * 400, processes=2)
     next(reads)
+    os.kill(started[0].pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the readers leave it to us
+    assert len(list(itertools.islice(reads, 100))) == 100
     reads.close()  # what the fill does when decoding fails
     assert len(started) == 2 and all(child.returncode is not None for child in started)
 
@@ -335,11 +339,42 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
 
     for (x1, y1), (x2, y2) in zip(batches(full), batches(streamed)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    streamed.fill.join()
     assert streamed.fill.finished and torch.equal(full.pixels, streamed.pixels)
     timings = first_epoch_timings(EpochStats(1.0, 0.0, len(paths), 2.0, 0.5), (ic.CachedSet(streamed, labels),))
     assert timings["first_epoch_s"] == 2.0 and timings["first_step_s"] == 0.5
-    assert timings["fill_s"] == round(streamed.fill.seconds, 3) > 0 and timings["fill_wait_s"] >= 0
+    assert timings["fill_s"] == round(streamed.fill.seconds, 3) > 0
+    assert 0 <= timings["fill_first_wait_s"] <= timings["fill_wait_s"] == round(streamed.fill.wait_seconds, 3)
     assert timings["fill_nvjpeg_images"] == sum(p.lower().endswith(".jpg") for p in paths)
+
+
+def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monkeypatch):
+    """With drop_last the epoch can end before the fill writes its last chunk: the timings wait for it."""
+    from edgecls.data import gpu_cache
+    from edgecls.engine.trainer import EpochStats, first_epoch_timings
+
+    real_read_chunks = gpu_cache.read_chunks
+
+    def slow_last_chunk(chunks, processes):
+        for i, chunk in enumerate(real_read_chunks(chunks, processes)):
+            if i == len(chunks) - 1:
+                time.sleep(1.0)
+            yield chunk
+
+    monkeypatch.setattr(gpu_cache, "READ_CHUNK", 2)
+    monkeypatch.setattr(gpu_cache, "read_chunks", slow_last_chunk)
+    pre = Preprocess((32, 32), preset="kneron")
+    order = ic.shuffled_order(len(photo_folder), 5)
+    images = gpu_cache.DeviceFill(photo_folder, ic.TrainDecoder((40, 48)), torch.device("cpu"), order=order,
+                                  log=lambda m: None).start()
+    loader = ic.CachedLoader(ic.CachedSet(images, [0] * len(photo_folder)), 3, torch.device("cpu"), preprocess=pre,
+                             augment=ic.BatchAugment(pre), shuffle=True, seed=5, drop_last=True)
+    assert sum(len(y) for _, y in loader) == 6 and not images.fill.finished  # 2 rows still being read
+    timings = first_epoch_timings(EpochStats(1.0, 0.0, 6, 2.0, 0.5), (ic.CachedSet(images, [0] * len(photo_folder)),))
+    assert images.fill.finished and timings["fill_s"] >= 1.0
+    assert timings["fill_nvjpeg_images"] == 4  # the four plain JPEGs; the others went to PIL
+    # the epoch never waited for the slow last chunk, nor do the recorded waits include the join
+    assert 0 <= timings["fill_first_wait_s"] <= timings["fill_wait_s"] < timings["fill_s"] - 0.5, timings
 
 
 def test_loader_over_a_resident_tensor_equals_the_numpy_cache(val_samples):

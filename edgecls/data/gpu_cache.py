@@ -64,6 +64,8 @@ class DeviceFill:
         self.nvjpeg_count = 0
         self.seconds = 0.0  # the fill's own duration, once finished
         self.wait_seconds = 0.0  # how long readers were blocked waiting for rows
+        self.first_wait_seconds = 0.0  # ... of which for the first call of wait()
+        self._waits = 0
         self._ready = np.zeros(len(paths), bool)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -159,6 +161,9 @@ class DeviceFill:
                 while not self._ready[rows_np].all() and self._error is None and not self.finished:
                     self._cond.wait()
                 self.wait_seconds += time.perf_counter() - started
+            if self._waits == 0:
+                self.first_wait_seconds = self.wait_seconds
+            self._waits += 1
             if self._error is not None:
                 raise self._error
             finished = self.finished
@@ -170,6 +175,13 @@ class DeviceFill:
 
     def wait_all(self) -> None:
         self.wait(np.arange(len(self.paths)))
+
+    def join(self) -> None:
+        """Block until the fill has ended (every row written, `seconds` and counts final)."""
+        with self._cond:
+            while not self.finished:
+                self._cond.wait()
+        self.wait_all()  # raises the fill's error, if any
 
 
 def build_on_device(paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def encode_chunk(paths: list[str]) -> list[bytes]:
 
 def child_main() -> int:
     """Read the JSON list of chunks (lists of paths) on stdin, write one frame per chunk to stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it stops us
     chunks = json.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
     try:
@@ -139,7 +141,7 @@ def child_main() -> int:
             out.writelines(encode_chunk(paths))
             out.flush()
     except BrokenPipeError:  # the training process stopped reading (it failed or was interrupted)
-        return 0
+        os._exit(0)  # quietly: a normal exit would flush the unsent frame again and complain
     return 0
 
 
@@ -188,10 +190,13 @@ def read_chunks(chunks: list[list[str]], processes: int = 2) -> Iterator[list]:
             children.append(child)
             _widen_pipe(child.stdout)
             try:
-                child.stdin.write(json.dumps(chunks[k::processes]).encode())
-                child.stdin.close()
+                request = memoryview(json.dumps(chunks[k::processes]).encode())
+                while request:  # a raw pipe write may take part of it
+                    request = request[child.stdin.write(request):]
             except BrokenPipeError:
                 pass  # it died at once: reported below, when its first frame is missing
+            finally:
+                child.stdin.close()
         for i in range(len(chunks)):
             child = children[i % processes]
             head = _read_exact(child.stdout, _FRAME.size)

@@ -249,13 +249,16 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def first_epoch_timings(stats: EpochStats, cached) -> dict:
-    """Where a run's first epoch went: its first step (cudnn autotuning) and, when the gpu cache was
-    filled during the epoch, the fill's duration and how long training waited for its rows."""
+    """Where this invocation's first epoch went: its first step (cudnn autotuning, and the wait for the
+    first batch's rows) and, when the gpu cache was filled during the epoch, the fill's duration and how
+    long training waited for rows (in all, and for the first batch)."""
     out = {"first_epoch_s": round(stats.seconds, 3), "first_step_s": round(stats.first_step_seconds, 3)}
     fill = cached[0].images.fill if cached is not None else None
     if fill is not None:
-        out.update({"fill_s": round(fill.seconds, 3) if fill.finished else None,
-                    "fill_wait_s": round(fill.wait_seconds, 3), "fill_nvjpeg_images": fill.nvjpeg_count})
+        waited, first_wait = fill.wait_seconds, fill.first_wait_seconds
+        fill.join()  # rows dropped from the epoch (drop_last) may still be in flight
+        out.update({"fill_s": round(fill.seconds, 3), "fill_wait_s": round(waited, 3),
+                    "fill_first_wait_s": round(first_wait, 3), "fill_nvjpeg_images": fill.nvjpeg_count})
     return out
 
 
