@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="folder of JPEGs (e.g. benchmarks/photos.py output)")
     ap.add_argument("--images", type=int, default=8000)
-    ap.add_argument("--backbones", nargs="+", default=["resnet18", "mobilenetv2", "efficientnet-b0", "resnet50"])
+    ap.add_argument("--backbones", nargs="*", default=["resnet18", "mobilenetv2", "efficientnet-b0", "resnet50"])
     ap.add_argument("--batch", type=int, default=256, help="batch of the autotune steps")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -114,7 +114,8 @@ def main(argv=None) -> int:
 
     print(f"\n{out['gpu']}, {len(paths)} JPEGs: read {out['read_img_s']:,} img/s, nvjpeg alone {out['nvjpeg_raw_img_s']:,}, "
           f"whole fill alone {out['device_fill_img_s']:,}")
-    print(f"{'backbone':<16} " + "  ".join(f"{m + ' first10/later10 s':>26}" for m in MODES))
+    if out["autotune"]:
+        print(f"{'backbone':<16} " + "  ".join(f"{m + ' first10/later10 s':>26}" for m in MODES))
     for name, row in out["autotune"].items():
         cells = [f"{r['first_10_steps_s']:>12.2f} / {r['10_steps_later_s']:<11.4f}" if "error" not in r else f"{'error':>26}"
                  for r in (row[m] for m in MODES)]

@@ -25,14 +25,6 @@ for b in $BACKBONES; do
         --epochs "$EPOCHS" $second --json "$OUT_DIR/train_speed_$b.json" 2>&1 | tee "$OUT_DIR/train_speed_$b.txt"
     second="--no-second-run"
 done
-echo "== summary (x ceiling: first epoch incl. cache fill / steady state)"
-for b in $BACKBONES; do
-    "$PY" - "$OUT_DIR/train_speed_$b.json" <<'EOF' || echo "$b: no result"
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"{r['backbone']:<16} ceiling {r['ceiling']['images_per_s']:>8,.0f} img/s  first {r['first_epoch_images_per_s']:>8,.0f} "
-      f"({r['first_epoch_ratio']:.2f})  steady {r['steady_images_per_s']:>8,.0f} ({r['steady_ratio']:.2f})  "
-      f"scan {r['train']['timings']['scan_s']:.1f}s cache {r['train']['timings']['cache']} {r['train']['timings']['cache_s']:.1f}s")
-EOF
-done
+echo "== summary"
+"$PY" benchmarks/train_speed_table.py $(for b in $BACKBONES; do echo "$OUT_DIR/train_speed_$b.json"; done) | tee "$OUT_DIR/table.md"
 echo "total $(( $(date +%s) - start )) s"

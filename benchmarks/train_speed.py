@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         h, w = input_size(args)
         result.update({
             "backbone": args.backbone, "input": [h, w], "batch_size": args.batch_size, "amp": args.amp,
-            "compile": args.compile, "ceiling": top, "train": first, "second_run": second,
+            "compile": args.compile, "cudnn_benchmark": args.cudnn_benchmark, "ceiling": top, "train": first, "second_run": second,
             "first_epoch_images_per_s": round(first_rate, 1), "steady_images_per_s": round(steady, 1),
             "first_epoch_ratio": round(first_rate / top["images_per_s"], 3),
             "steady_ratio": round(steady / top["images_per_s"], 3),
