@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
-"""The GPU cache fill's file-reading stage, and what it costs the training thread beside it.
+"""The GPU cache fill's file work (reading, and PIL for what nvjpeg can't decode), and what it costs
+the training thread beside it.
 
-    python benchmarks/fill_reader.py --data DIR [--images 8000] [--processes 1 2] [--json F]
+    python benchmarks/fill_reader.py --data DIR [--images 8000] [--processes 1 2] [--cache-size 280x280] [--json F]
+    python benchmarks/fill_reader.py --data FMNIST_PNG/train --images 16000 --cache-size 70x40   # FP_classifier 56x32
 
-The "gpu" cache fill reads every training JPEG and parses its header (to know which files nvjpeg
-may decode) while epoch 1 trains. Its first version did that on threads of the training process,
-sharing one GIL with the thread that trains; it now uses child processes (`jpeg_reader`). This
-measures, on any machine (no GPU needed), in one run:
+The "gpu" cache fill reads every training file while epoch 1 trains: a JPEG's header says
+whether nvjpeg may decode it; every other file (PNG, progressive or rotated JPEG) is decoded by
+PIL. Its first version did both on threads of the training process, sharing one GIL with the
+thread that trains; both now run in child processes (`edgecls/data/fill_workers.py`). This
+measures, on any machine (no GPU needed), over the .jpg and .png files of DIR, in one run:
 
-  read rate        images/s through the reading stage alone
+  rate             images/s through that stage alone
   dispatch rate    small torch ops/s issued by a second thread (a stand-in for the training
                    thread, which on a GPU spends its time issuing kernels) while that stage runs,
                    as a fraction of the same loop alone
 
 for the baseline (the first version: one thread-pool task per file on 16 threads, bytes copied
-into a bytearray by the consumer), for one task per 128-file chunk on one thread (the obvious
-mend), and for `jpeg_reader.read_chunks` (child processes stream the chunks through pipes) with
-each --processes count. Files are read once beforehand so every variant reads from the page cache.
-A control row runs the loop beside as many CPU-busy processes as the largest --processes count
-(no reading, no GIL shared): what the loop loses there is CPU time, not the GIL.
+into a bytearray by the consumer, PIL on the consuming thread), for one task per 128-file chunk
+on one thread (the obvious mend), and for `fill_workers.read_chunks` (child processes stream
+the chunks through pipes) with each --processes count. Files are read once beforehand so every
+variant reads from the page cache. A control row runs the loop beside as many CPU-busy processes
+as the largest --processes count (no file work, no GIL shared): what the loop loses there is
+CPU time, not the GIL.
 """
 
 from __future__ import annotations
@@ -38,22 +42,34 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from edgecls.data.fill_workers import read_chunks, read_jpeg  # noqa: E402
 from edgecls.data.gpu_cache import READ_CHUNK  # noqa: E402
-from edgecls.data.jpeg_reader import read_chunks, read_jpeg  # noqa: E402
+from edgecls.data.train_decoder import TrainDecoder  # noqa: E402
 
 READ_AHEAD = 3  # chunks in flight in the thread variants, as in the first version
+DECODER = TrainDecoder((280, 280))  # --cache-size; 280x280: what train.py caches at 224 with the default crop scale
+
+
+def pil_on_this_thread(chunk: list[str], reads: list) -> list:
+    """What the first version's fill thread did with the files nvjpeg can't decode."""
+    return [(d, wh) if d is not None else DECODER(path) for path, (d, wh) in zip(chunk, reads)]
 
 
 def per_file_baseline(chunks: list[list[str]], threads: int = 16):
     """The first version's stage: a future per file, READ_AHEAD chunks ahead, then a bytearray copy of each."""
     with ThreadPoolExecutor(threads) as pool:
         pending = []
+
+        def take(chunk, futures):
+            reads = [(bytearray(d) if d is not None else None, wh) for d, wh in (f.result() for f in futures)]
+            return pil_on_this_thread(chunk, reads)
+
         for chunk in chunks:
-            pending.append([pool.submit(read_jpeg, p) for p in chunk])
+            pending.append((chunk, [pool.submit(read_jpeg, p) for p in chunk]))
             if len(pending) > READ_AHEAD:
-                yield [(bytearray(d) if d is not None else None, wh) for d, wh in (f.result() for f in pending.pop(0))]
-        for futures in pending:
-            yield [(bytearray(d) if d is not None else None, wh) for d, wh in (f.result() for f in futures)]
+                yield take(*pending.pop(0))
+        for chunk, futures in pending:
+            yield take(chunk, futures)
 
 
 def per_chunk_thread(chunks: list[list[str]]):
@@ -61,11 +77,12 @@ def per_chunk_thread(chunks: list[list[str]]):
     with ThreadPoolExecutor(1) as pool:
         pending = []
         for chunk in chunks:
-            pending.append(pool.submit(lambda c: [read_jpeg(p) for p in c], chunk))
+            pending.append((chunk, pool.submit(lambda c: [read_jpeg(p) for p in c], chunk)))
             if len(pending) > READ_AHEAD:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+                chunk_done, future = pending.pop(0)
+                yield pil_on_this_thread(chunk_done, future.result())
+        for chunk_done, future in pending:
+            yield pil_on_this_thread(chunk_done, future.result())
 
 
 class DispatchLoop:
@@ -117,12 +134,16 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="folder of JPEGs (e.g. benchmarks/photos.py output)")
     ap.add_argument("--images", type=int, default=8000, help="files read per variant (the folder's files repeated)")
     ap.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="read_chunks process counts to measure")
+    ap.add_argument("--cache-size", default="280x280", help="HxW the PIL-decoded files are squashed to")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    files = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))
+    global DECODER
+    h, w = (int(v) for v in args.cache_size.lower().split("x"))
+    DECODER = TrainDecoder((h, w))
+    files = sorted(str(p) for p in Path(args.data).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
     if not files:
-        print(f"error: {args.data}: no .jpg files; make some with benchmarks/photos.py", file=sys.stderr)
+        print(f"error: {args.data}: no .jpg or .png files; make some with benchmarks/photos.py", file=sys.stderr)
         return 2
     paths = (files * (args.images // len(files) + 1))[: args.images]
     for path in files:  # page cache
@@ -136,7 +157,8 @@ def main(argv=None) -> int:
     rows = [measure("per-file tasks, 16 threads (baseline)", per_file_baseline, chunks, len(paths)),
             measure("per-chunk tasks, 1 thread", per_chunk_thread, chunks, len(paths))]
     for procs in args.processes:
-        rows.append(measure(f"read_chunks, {procs} process(es)", lambda c, k=procs: read_chunks(c, k), chunks, len(paths)))
+        rows.append(measure(f"read_chunks, {procs} process(es)",
+                            lambda c, k=procs: read_chunks(c, DECODER.size, DECODER.interpolation, k), chunks, len(paths)))
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(args.processes))]
     try:
         time.sleep(0.3)
@@ -146,19 +168,19 @@ def main(argv=None) -> int:
         for proc in busy:
             proc.kill()
             proc.wait()
-    rows.append({"reader": f"control: {len(busy)} CPU-busy process(es), no reading", "read_img_s": None,
+    rows.append({"reader": f"control: {len(busy)} CPU-busy process(es), no file work", "read_img_s": None,
                  "read_img_s_beside_dispatch": None, "dispatch_ops_s": round(loop.rate)})
     for row in rows:
         row["dispatch_x_alone"] = round(row["dispatch_ops_s"] / alone_rate, 2)
 
-    print(f"{len(paths)} JPEG reads from {args.data} ({len(files)} files), {os.cpu_count()} CPUs; "
+    print(f"{len(paths)} file reads from {args.data} ({len(files)} files; PIL rows at {h}x{w}), {os.cpu_count()} CPUs; "
           f"dispatch loop alone: {alone_rate:,.0f} ops/s")
     print(f"{'reader':<44} {'read img/s':>11} {'beside loop':>12} {'loop x alone':>13}")
     for row in rows:
         reads = [f"{v:,}" if v is not None else "-" for v in (row["read_img_s"], row["read_img_s_beside_dispatch"])]
         print(f"{row['reader']:<44} {reads[0]:>11} {reads[1]:>12} {row['dispatch_x_alone']:>13.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": len(paths), "cpus": os.cpu_count(),
+        Path(args.json).write_text(json.dumps({"images": len(paths), "cpus": os.cpu_count(), "cache_size": [h, w],
                                                "dispatch_alone_ops_s": round(alone_rate), "rows": rows}, indent=2) + "\n")
     return 0
 

@@ -4,7 +4,7 @@
     python benchmarks/gpu_first_epoch_probe.py --data /tmp/edgecls-photos-30000-2000/train [--images 8000] [--json F]
     python benchmarks/gpu_first_epoch_probe.py --data DIR --images 256 --batch 2 --backbones resnet18   # CPU dry run
 
-  read             jpeg_reader.read_chunks (child processes read the files and parse their headers)
+  read             fill_workers.read_chunks (child processes read the files, parse their headers, PIL-decode the rest)
   nvjpeg raw       torchvision.io.decode_jpeg on the device, 128 files a call, bytes already in RAM
   DeviceFill       edgecls' whole "gpu" cache fill (read, parse, decode, resize, store), alone
   autotune         for each --backbones: bf16 channels_last batch 256 at 224, the first 10 steps and
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     from edgecls.data.cache import TrainDecoder
     from edgecls.data.gpu_cache import READ_CHUNK, DeviceFill
-    from edgecls.data.jpeg_reader import read_chunks
+    from edgecls.data.fill_workers import JPEG, read_chunks
 
     paths = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))[: args.images]
     if not paths:
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     chunks = [paths[i:i + READ_CHUNK] for i in range(0, len(paths), READ_CHUNK)]
 
     start = time.perf_counter()
-    datas = [torch.frombuffer(d, dtype=torch.uint8) for chunk in read_chunks(chunks) for d, _ in chunk if d is not None]
+    datas = [torch.frombuffer(r.data, dtype=torch.uint8) for chunk in read_chunks(chunks, (280, 280))
+             for r in chunk if r.kind == JPEG]
     out["read_img_s"] = round(len(paths) / (time.perf_counter() - start))
 
     decode_jpeg(datas[:128], mode=ImageReadMode.RGB, device=device)  # warm nvjpeg

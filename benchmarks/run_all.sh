@@ -19,6 +19,8 @@ run "$PY" benchmarks/fill_reader.py --data "$OUT/photos" --images 16000 --json "
 if [ -d /usr/share/datasets/fashion-mnist ]; then   # apt-get install dataset-fashion-mnist
     run "$PY" benchmarks/verify_speed.py "$OUT/fmnist_png" --json "$OUT/verify_speed.json"   # issue 7 (writes the PNGs)
     run "$PY" benchmarks/train_speed.py --scan-only --data "$OUT/fmnist_png" --json "$OUT/scan_70k.json"
+    run "$PY" benchmarks/fill_reader.py --data "$OUT/fmnist_png/train" --images 16000 --cache-size 70x40 \
+        --json "$OUT/fill_reader_png.json"
     run "$PY" benchmarks/train_speed.py --backbone FP_classifier --data "$OUT/fmnist_png" --batch-size 64 \
         --epochs 2 --json "$OUT/train_speed_fp_classifier_cpu.json"
 else

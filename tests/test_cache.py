@@ -236,12 +236,12 @@ def photo_folder(tmp_path_factory):
 
 
 def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
-    from edgecls.data.jpeg_reader import jpeg_header
+    from edgecls.data.fill_workers import jpeg_header
 
     cmyk = tmp_path / "cmyk.jpg"
     Image.open(photo_folder[0]).convert("CMYK").save(cmyk)
     for path in [*photo_folder, str(cmyk)]:
-        head = jpeg_header(open(path, "rb").read())
+        head = jpeg_header(Path(path).read_bytes())
         with Image.open(path) as img:
             if img.format != "JPEG":
                 assert head is None, path
@@ -252,32 +252,42 @@ def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
             assert head.orientation == img.getexif().get(0x0112, 1), path
 
 
-def test_reader_processes_return_every_chunk_in_order_with_the_files_bytes(photo_folder, tmp_path):
-    """Child processes read the files: each nvjpeg-exact JPEG comes back byte for byte with its size,
-    every other file (PNG, progressive, gray, EXIF-rotated, vanished) as (None, None), chunks in order."""
-    from edgecls.data.jpeg_reader import read_chunks
+def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_folder, tmp_path):
+    """Child processes do the fill's file work: each nvjpeg-exact JPEG comes back byte for byte with its size;
+    every other file (PNG, progressive, gray, EXIF-rotated) as the TrainDecoder's row, exactly; a vanished
+    or broken file as an error naming the reason; chunks in order."""
+    from edgecls.data.fill_workers import ERROR, JPEG, ROW, read_chunks
 
-    paths = [*photo_folder, str(tmp_path / "vanished.jpg")]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    paths = [*photo_folder, str(tmp_path / "vanished.jpg"), str(broken)]
     chunks = [paths[:3], paths[3:4], [], paths[4:], paths[:2]]
-    got = list(read_chunks(chunks, processes=2))
+    decoder = ic.TrainDecoder((40, 48), "bicubic")
+    got = list(read_chunks(chunks, decoder.size, decoder.interpolation, processes=2))
     assert [len(c) for c in got] == [len(c) for c in chunks]
     for chunk, results in zip(chunks, got):
-        for path, (data, wh) in zip(chunk, results):
-            if os.path.basename(path).startswith("plain"):
-                assert bytes(data) == Path(path).read_bytes(), path
+        for path, result in zip(chunk, results):
+            name = os.path.basename(path)
+            if name.startswith("plain"):
+                assert result.kind == JPEG and bytes(result.data) == Path(path).read_bytes(), path
                 with Image.open(path) as img:
-                    assert wh == img.size, path
+                    assert result.size == img.size, path
+            elif name in ("vanished.jpg", "broken.png"):
+                assert result.kind == ERROR and result.size is None, path
+                assert ("FileNotFoundError" if name == "vanished.jpg" else "UnidentifiedImageError") in result.data
             else:
-                assert data is None and wh is None, path
-    data = next(d for results in got for d, _ in results if d is not None)
+                row, size = decoder(path)
+                assert result.kind == ROW and result.size == size, path
+                assert np.array_equal(np.frombuffer(result.data, np.uint8).reshape(row.shape), row), path
+    data = next(r.data for results in got for r in results if r.kind == JPEG)
     assert not data.readonly  # torch.frombuffer wraps it without a copy or a warning
-    assert list(read_chunks([])) == []
+    assert list(read_chunks([], (8, 8))) == []
 
 
 def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch):
     import subprocess
 
-    from edgecls.data import jpeg_reader
+    from edgecls.data import fill_workers
 
     started = []
     real_popen = subprocess.Popen
@@ -286,17 +296,17 @@ def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, mon
         started.append(real_popen(*args, **kwargs))
         return started[-1]
 
-    monkeypatch.setattr(jpeg_reader.subprocess, "Popen", recording_popen)
-    reads = jpeg_reader.read_chunks([photo_folder[:1]] * 400, processes=2)
+    monkeypatch.setattr(fill_workers.subprocess, "Popen", recording_popen)
+    reads = fill_workers.read_chunks([photo_folder[:1]] * 400, (40, 48), processes=2)
     next(reads)
     os.kill(started[0].pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the readers leave it to us
     assert len(list(itertools.islice(reads, 100))) == 100
     reads.close()  # what the fill does when decoding fails
     assert len(started) == 2 and all(child.returncode is not None for child in started)
 
-    monkeypatch.setattr(jpeg_reader.sys, "executable", shutil.which("false"))
-    with pytest.raises(UserError, match="JPEG reader process .* ended early .*--cache-images ram"):
-        list(jpeg_reader.read_chunks([photo_folder[:1]], processes=1))
+    monkeypatch.setattr(fill_workers.sys, "executable", shutil.which("false"))
+    with pytest.raises(UserError, match="reader process .* ended early .*--cache-images ram"):
+        list(fill_workers.read_chunks([photo_folder[:1]], (40, 48), processes=1))
 
 
 def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):
@@ -348,6 +358,17 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
     assert timings["fill_nvjpeg_images"] == sum(p.lower().endswith(".jpg") for p in paths)
 
 
+def test_a_file_broken_after_the_scan_stops_the_streamed_fill_with_its_path(photo_folder, tmp_path):
+    from edgecls.data.gpu_cache import DeviceFill
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    paths = [*photo_folder, str(broken)]
+    images = DeviceFill(paths, ic.TrainDecoder((40, 48)), torch.device("cpu"), log=lambda m: None).start()
+    with pytest.raises(UserError, match=f"{broken}: could not be decoded for the image cache .*--cache-images none"):
+        images.fill.wait_all()
+
+
 def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monkeypatch):
     """With drop_last the epoch can end before the fill writes its last chunk: the timings wait for it."""
     from edgecls.data import gpu_cache
@@ -355,8 +376,8 @@ def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monke
 
     real_read_chunks = gpu_cache.read_chunks
 
-    def slow_last_chunk(chunks, processes):
-        for i, chunk in enumerate(real_read_chunks(chunks, processes)):
+    def slow_last_chunk(chunks, *args):
+        for i, chunk in enumerate(real_read_chunks(chunks, *args)):
             if i == len(chunks) - 1:
                 time.sleep(1.0)
             yield chunk

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from edgecls.data.images import load_rgb, to_rgb
-from edgecls.data.presets import INTERPOLATIONS, Preprocess
+from edgecls.data.images import load_rgb
+from edgecls.data.presets import Preprocess
+from edgecls.data.train_decoder import TrainDecoder
 from edgecls.errors import UserError
 
 CACHE_VERSION = 1
@@ -85,30 +85,6 @@ class EvalDecoder:
     def __call__(self, path: str) -> tuple[np.ndarray, tuple[int, int]]:
         img = load_rgb(path)
         return np.asarray(self._pre.resize_image(img), np.uint8), (img.width, img.height)
-
-
-class TrainDecoder:
-    """Squash to the cache resolution; JPEGs decode at a reduced DCT scale when that is still large enough."""
-
-    def __init__(self, size: tuple[int, int], interpolation: str = "bilinear"):
-        self.size = (int(size[0]), int(size[1]))
-        self.interpolation = interpolation
-
-    def describe(self) -> str:
-        return f"train:{self.size[0]}x{self.size[1]}:{self.interpolation}"
-
-    def __call__(self, path: str) -> tuple[np.ndarray, tuple[int, int]]:
-        h, w = self.size
-        with Image.open(path) as img:
-            full_w, full_h = img.size
-            swapped = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF rotations by 90 degrees
-            if img.format == "JPEG":
-                side = max(h, w)  # rotation may swap axes: ask for enough pixels both ways
-                img.draft(None, (side, side))
-            img.load()
-            rgb = to_rgb(img)
-        orig = (full_h, full_w) if swapped else (full_w, full_h)
-        return np.asarray(rgb.resize((w, h), INTERPOLATIONS[self.interpolation]), np.uint8), orig
 
 
 def _decode_chunk(args) -> tuple[int, np.ndarray | None, np.ndarray, list[tuple[str, str]]]:

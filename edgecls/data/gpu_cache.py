@@ -2,9 +2,9 @@
 
 JPEGs are decoded by nvjpeg (torchvision.io.decode_jpeg on the device) and resized there,
 antialiased like PIL; every other file (PNG, grayscale / CMYK / progressive / EXIF-rotated
-JPEG) goes through the same PIL decoder as the RAM cache. Files are read, and which path each
-takes is read from its JPEG header, in child processes (`jpeg_reader`), so that reading does
-not take the GIL from the thread that trains.
+JPEG) goes through the same PIL decoder as the RAM cache. Files are read, sorted by their
+JPEG header, and the non-nvjpeg ones decoded, in child processes (`fill_workers`), so that
+none of that work takes the GIL from the thread that trains.
 
 `DeviceFill` writes the rows in a given order. `run()` fills everything before training;
 `start()` fills in a background thread on its own CUDA stream, in the order the first epoch
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, upload
-from edgecls.data.jpeg_reader import read_chunks
+from edgecls.data.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
 from edgecls.errors import UserError
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
-READ_PROCESSES = 2  # child processes reading chunks (see jpeg_reader)
+READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers
 GPU_DECODE_PIXELS = 48_000_000  # source pixels per nvjpeg call (bounds the float copy made for resizing)
 
 def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpolation: str) -> torch.Tensor:
@@ -98,7 +98,8 @@ class DeviceFill:
         stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         try:
             chunks = [self.order[i:i + READ_CHUNK] for i in range(0, len(self.order), READ_CHUNK)]
-            reads = read_chunks([[self.paths[i] for i in chunk] for chunk in chunks], self.read_processes)
+            reads = read_chunks([[self.paths[i] for i in chunk] for chunk in chunks], self.decoder.size,
+                                self.decoder.interpolation, self.read_processes)
             with stream_ctx, contextlib.closing(reads):  # closing: an error stops the reader processes now
                 for chunk, probes in zip(chunks, reads):
                     self._decode(chunk, probes)
@@ -109,11 +110,17 @@ class DeviceFill:
             self.finished = True
             self._cond.notify_all()
 
-    def _decode(self, chunk: list[int], probes) -> None:
+    def _decode(self, chunk: list[int], results: list[FileResult]) -> None:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        good = [(i, data, wh) for i, (data, wh) in zip(chunk, probes) if data is not None]
-        fallback = [i for i, (data, _) in zip(chunk, probes) if data is None]
+        errors = [(self.paths[i], r.data) for i, r in zip(chunk, results) if r.kind == ERROR]
+        if errors:
+            path, reason = errors[0]
+            raise UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the "
+                            f"scan?); fix or remove it, or train with --cache-images none")
+        good = [(i, r.data, r.size) for i, r in zip(chunk, results) if r.kind == JPEG]
+        decoded_rows = [(i, r) for i, r in zip(chunk, results) if r.kind == ROW]
+        refused: list[int] = []
         while good:
             take, total = [], 0
             while good and (not take or total + good[0][2][0] * good[0][2][1] <= GPU_DECODE_PIXELS):
@@ -124,22 +131,28 @@ class DeviceFill:
                     warnings.simplefilter("ignore", DeprecationWarning)
                     decoded = decode_jpeg([torch.frombuffer(d, dtype=torch.uint8) for _, d, _ in take],
                                           mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:  # nvjpeg refused one of them: PIL decodes this group
-                fallback += [i for i, _, _ in take]
+            except RuntimeError:  # nvjpeg refused one of them: PIL decodes this group, here
+                refused += [i for i, _, _ in take]
                 continue
             rows = torch.tensor([i for i, _, _ in take], device=self.device)
             self.pixels[rows] = resize_on_device(decoded, self.decoder.size, self.decoder.interpolation)
             for i, _, wh in take:
                 self.sizes[i] = wh
             self.nvjpeg_count += len(take)
-        if fallback:
-            _, rows, sizes, errors = _decode_chunk((self.decoder, 0, [self.paths[i] for i in fallback], None))
-            if errors:
-                path, reason = errors[0]
+        if decoded_rows:  # decoded by PIL in the reader processes
+            h, w = self.decoder.size
+            pixels = np.stack([np.frombuffer(r.data, np.uint8).reshape(h, w, 3) for _, r in decoded_rows])
+            index = [i for i, _ in decoded_rows]
+            self.pixels[torch.tensor(index, device=self.device)] = torch.from_numpy(pixels).to(self.device)
+            self.sizes[index] = [r.size for _, r in decoded_rows]
+        if refused:
+            _, rows, sizes, failed = _decode_chunk((self.decoder, 0, [self.paths[i] for i in refused], None))
+            if failed:
+                path, reason = failed[0]
                 raise UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the "
                                 f"scan?); fix or remove it, or train with --cache-images none")
-            self.pixels[torch.tensor(fallback, device=self.device)] = torch.from_numpy(rows).to(self.device)
-            self.sizes[fallback] = sizes
+            self.pixels[torch.tensor(refused, device=self.device)] = torch.from_numpy(rows).to(self.device)
+            self.sizes[refused] = sizes
         if self._stream is not None:
             # The chunk's GPU work is finished before its rows are marked ready, so readers on any stream
             # see them; and torchvision's nvjpeg output may reuse memory freed on this stream without

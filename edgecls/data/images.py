@@ -39,6 +39,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image (grayscale, RGBA, palette, CMYK, 16-bit, EXIF-rotated) to upright RGB."""
     img = ImageOps.exif_transpose(img)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgecls.data.images import INTERPOLATIONS
 from edgecls.errors import UserError
 
 PRESETS: dict[str, tuple[list[float], list[float]]] = {
@@ -25,9 +26,6 @@ PRESETS: dict[str, tuple[list[float], list[float]]] = {
     "lite": ([127.0] * 3, [128.0] * 3),
 }
 RESIZE_POLICIES = ("squash", "center_crop")
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-
-
 @dataclass
 class Preprocess:
     """How an RGB image becomes the model's input tensor (1 x 3 x H x W, float32)."""

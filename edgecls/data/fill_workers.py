@@ -1,20 +1,23 @@
-"""JPEG files read for the "gpu" cache fill, in a separate process (standard library only).
+"""The gpu cache fill's file work, in child processes: read every file, pre-decode what nvjpeg can't.
 
-The fill needs every training file's bytes, and each JPEG's header to know whether nvjpeg
-decodes it exactly like PIL. Done on threads of the training process, that work competed for
-the GIL with the thread that issues the GPU kernels, which then ran at a fraction of its speed
-(benchmarks/fill_reader.py). So `read_chunks` starts this file as a script: a child process
-reads and parses chunk after chunk and streams them back through a pipe, one frame per chunk;
-the training process only copies each frame in (one large read, the GIL released while it
-waits).
+The fill needs each training JPEG's bytes, and its header to know whether nvjpeg decodes it
+exactly like PIL; every other file (PNG, progressive or rotated JPEG...) must be decoded by
+PIL. Done on threads of the training process, that work held the GIL so often that the thread
+issuing the GPU kernels ran at a fraction of its speed (benchmarks/fill_reader.py). So
+`read_chunks` starts child processes that do it all and stream back one frame per chunk of
+files through a pipe; the training process only copies each frame in (one large read, the GIL
+released while it waits).
 
-Frame: u64 body length, then the body: u32 n, n x (i32 width, i32 height, u64 length), then
-the n files' bytes. width 0 marks a file that PIL must decode (not an nvjpeg-exact JPEG, or
-unreadable).
+The children import only this module and `train_decoder` (PIL + numpy, no torch). Frame: u64
+body length, then the body: u32 n, n x (u8 kind, 3 pad bytes, i32 width, i32 height, u64 length),
+then the n payloads. Kinds: JPEG (the file's bytes; width x height its size), ROW (the
+TrainDecoder row, uint8 H x W x 3 at the cache size; width x height the upright original's
+size), ERROR (why the file could not be decoded, UTF-8).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -24,10 +27,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+JPEG, ROW, ERROR = 1, 2, 3
 PIPE_BYTES = 1 << 20  # pipe buffer asked for (Linux): fewer, larger reads in the training process
 _FRAME = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
-_ENTRY = struct.Struct("<iiQ")
+_ENTRY = struct.Struct("<B3xiiQ")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SOF_SEQUENTIAL = {0xC0, 0xC1}  # baseline / extended sequential Huffman: what nvjpeg decodes like libjpeg
 _SOF_OTHER = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # progressive, lossless, arithmetic
@@ -104,7 +109,7 @@ def nvjpeg_exact(head: JpegHeader | None) -> bool:
 
 
 def read_jpeg(path: str) -> tuple[bytes | None, tuple[int, int] | None]:
-    """(file bytes, (W, H)) for an nvjpeg-exact JPEG; (None, None) sends the file to PIL."""
+    """(file bytes, (W, H)) for an nvjpeg-exact JPEG; (None, None) when it is not one or cannot be read."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -117,28 +122,38 @@ def read_jpeg(path: str) -> tuple[bytes | None, tuple[int, int] | None]:
 # ----------------------------------------------------------------------------- the child process
 
 
-def encode_chunk(paths: list[str]) -> list[bytes]:
-    """One frame (as parts to write) for these files."""
+def encode_chunk(paths: list[str], decoder) -> list[bytes]:
+    """One frame (as parts to write) for these files; `decoder` is the TrainDecoder for what nvjpeg can't do."""
     entries, blobs = [_COUNT.pack(len(paths))], []
     for path in paths:
-        data, wh = read_jpeg(path)
-        if data is None:
-            entries.append(_ENTRY.pack(0, 0, 0))
-        else:
-            entries.append(_ENTRY.pack(wh[0], wh[1], len(data)))
-            blobs.append(data)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            head = jpeg_header(data)
+            if nvjpeg_exact(head):
+                kind, (width, height), payload = JPEG, (head.width, head.height), data
+            else:
+                row, (width, height) = decoder(io.BytesIO(data))
+                kind, payload = ROW, row.tobytes()
+        except Exception as exc:  # noqa: BLE001 - reported to the user by path, never a traceback
+            kind, width, height, payload = ERROR, 0, 0, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+        entries.append(_ENTRY.pack(kind, width, height, len(payload)))
+        blobs.append(payload)
     body_len = sum(map(len, entries)) + sum(map(len, blobs))
     return [_FRAME.pack(body_len), *entries, *blobs]
 
 
 def child_main() -> int:
-    """Read the JSON list of chunks (lists of paths) on stdin, write one frame per chunk to stdout."""
+    """Read the JSON request (cache size, interpolation, chunks of paths) on stdin; write a frame per chunk."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it stops us
-    chunks = json.loads(sys.stdin.buffer.read())
+    from edgecls.data.train_decoder import TrainDecoder
+
+    request = json.loads(sys.stdin.buffer.read())
+    decoder = TrainDecoder(tuple(request["size"]), request["interpolation"])
     out = sys.stdout.buffer
     try:
-        for paths in chunks:
-            out.writelines(encode_chunk(paths))
+        for paths in request["chunks"]:
+            out.writelines(encode_chunk(paths, decoder))
             out.flush()
     except BrokenPipeError:  # the training process stopped reading (it failed or was interrupted)
         os._exit(0)  # quietly: a normal exit would flush the unsent frame again and complain
@@ -148,20 +163,30 @@ def child_main() -> int:
 # ----------------------------------------------------------------------------- the training process
 
 
-def decode_frame(body: bytearray) -> list[tuple[memoryview | None, tuple[int, int] | None]]:
-    """(bytes of the file as a writable view into `body`, (W, H)) or (None, None) for each file of a frame."""
+@dataclass(frozen=True)
+class FileResult:
+    """One file of a frame: `data` is a writable view into the frame (JPEG bytes or ROW pixels), or the
+    ERROR message; `size` is (W, H)."""
+
+    kind: int
+    data: memoryview | str
+    size: tuple[int, int] | None
+
+
+def decode_frame(body: bytearray) -> list[FileResult]:
     (n,) = _COUNT.unpack_from(body, 0)
     pos, data_pos = _COUNT.size, _COUNT.size + n * _ENTRY.size
     view = memoryview(body)
     out = []
     for _ in range(n):
-        width, height, length = _ENTRY.unpack_from(body, pos)
+        kind, width, height, length = _ENTRY.unpack_from(body, pos)
         pos += _ENTRY.size
-        if width == 0:
-            out.append((None, None))
+        payload = view[data_pos:data_pos + length]
+        data_pos += length
+        if kind == ERROR:
+            out.append(FileResult(ERROR, bytes(payload).decode("utf-8", "replace"), None))
         else:
-            out.append((view[data_pos:data_pos + length], (width, height)))
-            data_pos += length
+            out.append(FileResult(kind, payload, (width, height)))
     return out
 
 
@@ -176,21 +201,25 @@ def _read_exact(stream, n: int) -> bytearray | None:
     return buf
 
 
-def read_chunks(chunks: list[list[str]], processes: int = 2) -> Iterator[list]:
-    """decode_frame results for each chunk of paths, in order, read by `processes` child processes
-    (chunk i by child i mod processes; each reads ahead as far as its pipe holds)."""
+def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: str = "bilinear",
+                processes: int = 2) -> Iterator[list[FileResult]]:
+    """decode_frame results for each chunk of paths, in order, from `processes` child processes (chunk i
+    by child i mod processes; each reads ahead as far as its pipe holds). size and interpolation make
+    the TrainDecoder for the files nvjpeg can't decode."""
     if not chunks:
         return
     processes = max(1, min(processes, len(chunks)))
     children = []
+    command = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+               "from edgecls.data.fill_workers import child_main; sys.exit(child_main())"]
     try:
         for k in range(processes):
-            child = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
+            child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
             children.append(child)
             _widen_pipe(child.stdout)
             try:
-                request = memoryview(json.dumps(chunks[k::processes]).encode())
+                request = memoryview(json.dumps({"size": list(size), "interpolation": interpolation,
+                                                 "chunks": chunks[k::processes]}).encode())
                 while request:  # a raw pipe write may take part of it
                     request = request[child.stdin.write(request):]
             except BrokenPipeError:
@@ -202,11 +231,11 @@ def read_chunks(chunks: list[list[str]], processes: int = 2) -> Iterator[list]:
             head = _read_exact(child.stdout, _FRAME.size)
             body = _read_exact(child.stdout, _FRAME.unpack(head)[0]) if head is not None else None
             if body is None:
-                from edgecls.errors import UserError  # the training process only: the child runs without edgecls
+                from edgecls.errors import UserError  # the training process only
 
-                raise UserError(f"the image cache's JPEG reader process ({os.path.abspath(__file__)}) ended early "
-                                f"(exit code {child.wait()}; its error, if any, is above); train with "
-                                f"--cache-images ram to go without it")
+                raise UserError(f"the image cache's reader process ({__name__}) ended early (exit code "
+                                f"{child.wait()}; its error, if any, is above); train with --cache-images ram "
+                                f"to go without it")
             yield decode_frame(body)
     finally:
         for child in children:
@@ -223,7 +252,3 @@ def _widen_pipe(stream) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError):
         pass  # not Linux, or above the system's pipe-max-size: the default buffer works, in smaller reads
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())
