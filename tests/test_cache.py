@@ -284,6 +284,28 @@ def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_fold
     assert list(read_chunks([], (8, 8))) == []
 
 
+def test_reader_processes_import_from_where_the_training_process_does(photo_folder):
+    """A training process that finds numpy/PIL/edgecls only through PYTHONPATH (module systems, some conda
+    setups): the isolated (-I) reader children take its sys.path, so they decode too."""
+    import subprocess
+    import sys
+
+    system = "/usr/bin/python3"
+    probe = subprocess.run([system, "-c", "import sys, numpy"], capture_output=True) if os.path.exists(system) else None
+    same = probe is not None and subprocess.run(
+        [system, "-c", f"import sys; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"]).returncode == 0
+    if not same or probe.returncode == 0:
+        pytest.skip("needs a /usr/bin/python3 of this Python version without numpy")
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    repo = str(Path(__file__).resolve().parents[1])
+    png = next(p for p in photo_folder if p.endswith(".png"))
+    code = ("import sys; from edgecls.data.fill_workers import ROW, read_chunks; "
+            "r = list(read_chunks([[sys.argv[1]]], (8, 8))); print(r[0][0].kind == ROW)")
+    done = subprocess.run([system, "-c", code, png], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([repo, *site])})
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
 def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch):
     import subprocess
 

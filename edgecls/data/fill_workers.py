@@ -8,7 +8,8 @@ issuing the GPU kernels ran at a fraction of its speed (benchmarks/fill_reader.p
 files through a pipe; the training process only copies each frame in (one large read, the GIL
 released while it waits).
 
-The children import only this module and `train_decoder` (PIL + numpy, no torch). Frame: u64
+A child runs this file as a script, isolated (`python -I`), takes the training process's
+sys.path from the request, and imports only `train_decoder` (PIL + numpy, no torch). Frame: u64
 body length, then the body: u32 n, n x (u8 kind, 3 pad bytes, i32 width, i32 height, u64 length),
 then the n payloads. Kinds: JPEG (the file's bytes; width x height its size), ROW (the
 TrainDecoder row, uint8 H x W x 3 at the cache size; width x height the upright original's
@@ -32,7 +33,6 @@ PIPE_BYTES = 1 << 20  # pipe buffer asked for (Linux): fewer, larger reads in th
 _FRAME = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<B3xiiQ")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SOF_SEQUENTIAL = {0xC0, 0xC1}  # baseline / extended sequential Huffman: what nvjpeg decodes like libjpeg
 _SOF_OTHER = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # progressive, lossless, arithmetic
@@ -146,9 +146,10 @@ def encode_chunk(paths: list[str], decoder) -> list[bytes]:
 def child_main() -> int:
     """Read the JSON request (cache size, interpolation, chunks of paths) on stdin; write a frame per chunk."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it stops us
+    request = json.loads(sys.stdin.buffer.read())
+    sys.path[:] = request["sys_path"]  # started isolated (-I): import PIL, numpy and edgecls where the parent does
     from edgecls.data.train_decoder import TrainDecoder
 
-    request = json.loads(sys.stdin.buffer.read())
     decoder = TrainDecoder(tuple(request["size"]), request["interpolation"])
     out = sys.stdout.buffer
     try:
@@ -210,8 +211,7 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
         return
     processes = max(1, min(processes, len(chunks)))
     children = []
-    command = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-               "from edgecls.data.fill_workers import child_main; sys.exit(child_main())"]
+    command = [sys.executable, "-I", os.path.abspath(__file__)]  # this file as a script: standard library only
     try:
         for k in range(processes):
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -219,7 +219,7 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
             _widen_pipe(child.stdout)
             try:
                 request = memoryview(json.dumps({"size": list(size), "interpolation": interpolation,
-                                                 "chunks": chunks[k::processes]}).encode())
+                                                 "sys_path": sys.path, "chunks": chunks[k::processes]}).encode())
                 while request:  # a raw pipe write may take part of it
                     request = request[child.stdin.write(request):]
             except BrokenPipeError:
@@ -233,7 +233,7 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
             if body is None:
                 from edgecls.errors import UserError  # the training process only
 
-                raise UserError(f"the image cache's reader process ({__name__}) ended early (exit code "
+                raise UserError(f"the image cache's reader process ({os.path.abspath(__file__)}) ended early (exit code "
                                 f"{child.wait()}; its error, if any, is above); train with --cache-images ram "
                                 f"to go without it")
             yield decode_frame(body)
@@ -252,3 +252,7 @@ def _widen_pipe(stream) -> None:
         fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError):
         pass  # not Linux, or above the system's pipe-max-size: the default buffer works, in smaller reads
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -26,6 +26,8 @@ PRESETS: dict[str, tuple[list[float], list[float]]] = {
     "lite": ([127.0] * 3, [128.0] * 3),
 }
 RESIZE_POLICIES = ("squash", "center_crop")
+
+
 @dataclass
 class Preprocess:
     """How an RGB image becomes the model's input tensor (1 x 3 x H x W, float32)."""
