@@ -56,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("hardware")
     g.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 for the CPU")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes; also the image-cache decode processes")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes; also the image-cache decode processes "
+                        "(for the gpu cache: its file-reading processes, at least 2, at most 8)")
     g.add_argument("--cache-images", default="auto", choices=["auto", "none", "ram", "disk", "gpu"],
                    help="decode images once and keep uint8 copies (ram; disk: a memory-mapped file under "
                         "$EDGECLS_CACHE_DIR reused by later runs; gpu: in GPU memory, JPEGs decoded there with "

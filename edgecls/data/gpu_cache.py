@@ -28,7 +28,8 @@ from edgecls.data.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
 from edgecls.errors import UserError
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
-READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers
+READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers ...
+MAX_READ_PROCESSES = 8  # ... up to this many when --workers allows: PIL-decoded files (PNG, progressive) need CPU
 GPU_DECODE_PIXELS = 48_000_000  # source pixels per nvjpeg call (bounds the float copy made for resizing)
 
 def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpolation: str) -> torch.Tensor:
@@ -207,5 +208,6 @@ def build_on_device(paths: list[str], decoder, device: torch.device, *, workers:
         f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})")
     if not isinstance(decoder, TrainDecoder):
         return upload(load_or_build(paths, decoder, "ram", workers=workers, log=lambda message: None), device)
-    fill = DeviceFill(paths, decoder, device, order=order, log=log)
+    fill = DeviceFill(paths, decoder, device, order=order, log=log,
+                      read_processes=max(READ_PROCESSES, min(workers, MAX_READ_PROCESSES)))
     return fill.start() if stream else fill.run()
