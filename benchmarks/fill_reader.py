@@ -42,12 +42,23 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from edgecls.data.fill_workers import read_chunks, read_jpeg  # noqa: E402
+from edgecls.data.fill_workers import jpeg_header, nvjpeg_exact, read_chunks  # noqa: E402
 from edgecls.data.gpu_cache import READ_CHUNK  # noqa: E402
 from edgecls.data.train_decoder import TrainDecoder  # noqa: E402
 
 READ_AHEAD = 3  # chunks in flight in the thread variants, as in the first version
 DECODER = TrainDecoder((280, 280))  # --cache-size; 280x280: what train.py caches at 224 with the default crop scale
+
+
+def read_jpeg(path: str) -> tuple[bytes | None, tuple[int, int] | None]:
+    """The first version's per-file read: (bytes, (W, H)) for an nvjpeg-exact JPEG, else (None, None)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None, None
+    head = jpeg_header(data)
+    return (data, (head.width, head.height)) if nvjpeg_exact(head) else (None, None)
 
 
 def pil_on_this_thread(chunk: list[str], reads: list) -> list:

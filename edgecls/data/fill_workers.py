@@ -108,17 +108,6 @@ def nvjpeg_exact(head: JpegHeader | None) -> bool:
             and head.orientation == 1 and head.adobe_transform != 0 and head.width > 0 and head.height > 0)
 
 
-def read_jpeg(path: str) -> tuple[bytes | None, tuple[int, int] | None]:
-    """(file bytes, (W, H)) for an nvjpeg-exact JPEG; (None, None) when it is not one or cannot be read."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None, None
-    head = jpeg_header(data)
-    return (data, (head.width, head.height)) if nvjpeg_exact(head) else (None, None)
-
-
 # ----------------------------------------------------------------------------- the child process
 
 

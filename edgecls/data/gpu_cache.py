@@ -102,8 +102,8 @@ class DeviceFill:
             reads = read_chunks([[self.paths[i] for i in chunk] for chunk in chunks], self.decoder.size,
                                 self.decoder.interpolation, self.read_processes)
             with stream_ctx, contextlib.closing(reads):  # closing: an error stops the reader processes now
-                for chunk, probes in zip(chunks, reads):
-                    self._decode(chunk, probes)
+                for chunk, results in zip(chunks, reads):
+                    self._decode(chunk, results)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = exc
         self.seconds = time.perf_counter() - started
@@ -116,9 +116,7 @@ class DeviceFill:
 
         errors = [(self.paths[i], r.data) for i, r in zip(chunk, results) if r.kind == ERROR]
         if errors:
-            path, reason = errors[0]
-            raise UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the "
-                            f"scan?); fix or remove it, or train with --cache-images none")
+            raise _undecodable(*errors[0])
         good = [(i, r.data, r.size) for i, r in zip(chunk, results) if r.kind == JPEG]
         decoded_rows = [(i, r) for i, r in zip(chunk, results) if r.kind == ROW]
         refused: list[int] = []
@@ -149,9 +147,7 @@ class DeviceFill:
         if refused:
             _, rows, sizes, failed = _decode_chunk((self.decoder, 0, [self.paths[i] for i in refused], None))
             if failed:
-                path, reason = failed[0]
-                raise UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the "
-                                f"scan?); fix or remove it, or train with --cache-images none")
+                raise _undecodable(*failed[0])
             self.pixels[torch.tensor(refused, device=self.device)] = torch.from_numpy(rows).to(self.device)
             self.sizes[refused] = sizes
         if self._stream is not None:
@@ -196,6 +192,11 @@ class DeviceFill:
             while not self.finished:
                 self._cond.wait()
         self.wait_all()  # raises the fill's error, if any
+
+
+def _undecodable(path: str, reason: str) -> UserError:
+    return UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the scan?); "
+                     f"fix or remove it, or train with --cache-images none")
 
 
 def build_on_device(paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None,
