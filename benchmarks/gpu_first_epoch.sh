@@ -6,7 +6,7 @@
 #    thread issuing torch ops (many cores here, unlike the 2-core reference machine);
 # 2. gpu_first_epoch_probe.py: read / nvjpeg / whole-fill rates (its autotune section is left to
 #    the train.py runs below, which show the same through timings.json's first_step_s);
-# 3. train_speed.py for each RUNS entry BACKBONE:on|off (cudnn autotuning; off = --no-cudnn-benchmark),
+# 3. train_speed.py for each RUNS entry BACKBONE:on|off (cudnn autotuning: --cudnn-benchmark or --no-cudnn-benchmark),
 #    then one table (benchmarks/train_speed_table.py).
 # CPU dry run of the script: GPU=-1 TRAIN_IMAGES=256 VAL_IMAGES=64 BATCH=16 RUNS="resnet18:on resnet18:off"
 # Needs what gpu_train_speed.sh needs (efficientnet_pytorch may come from $EDGECLS_EXTRA_SITE).
@@ -25,7 +25,7 @@ echo "== probe ($(( $(date +%s) - start )) s)"
 results=()
 for run in $RUNS; do
     b=${run%%:*}
-    flag=$([ "${run##*:}" = off ] && echo --no-cudnn-benchmark)
+    flag=$([ "${run##*:}" = on ] && echo --cudnn-benchmark || echo --no-cudnn-benchmark)
     echo "== train_speed $b autotune ${run##*:} ($(( $(date +%s) - start )) s)"
     "$PY" benchmarks/train_speed.py --backbone "$b" --data "$DATA" --gpu "$GPU" $AMP --batch-size "$BATCH" --epochs 3 \
         --no-second-run $flag --json "$OUT_DIR/train_speed_${b}_${run##*:}.json" 2>&1 | tee "$OUT_DIR/train_speed_${b}_${run##*:}.txt"

@@ -45,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 for the CPU")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast in both the ceiling and train.py")
     ap.add_argument("--compile", action="store_true", help="torch.compile in both the ceiling and train.py")
-    ap.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
-                    help="cudnn autotuning off in both the ceiling and train.py")
+    ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                    help="cudnn autotuning in both the ceiling and train.py (train.py's default: off)")
     ap.add_argument("--epochs", type=int, default=3, help="train.py epochs (steady state = epochs 2..N)")
     ap.add_argument("--workers", type=int, default=None, help="train.py --workers (default: CPU count, max 16)")
     ap.add_argument("--cache-images", default="auto", help="train.py --cache-images")
@@ -150,8 +150,7 @@ def run_train(args, run_dir: Path, epochs: int) -> dict:
         cmd.append("--amp")
     if args.compile:
         cmd.append("--compile")
-    if not args.cudnn_benchmark:
-        cmd.append("--no-cudnn-benchmark")
+    cmd.append("--cudnn-benchmark" if args.cudnn_benchmark else "--no-cudnn-benchmark")
     cmd += args.train_arg
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(

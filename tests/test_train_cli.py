@@ -321,3 +321,16 @@ def test_one_progress_bar_per_epoch_on_a_terminal(tmp_path, small_data):
     text = b"".join(chunks).decode(errors="replace")
     for epoch in ("epoch 1/2", "epoch 2/2"):
         assert epoch in text and "100%" in text.split(epoch, 1)[1], text[-2000:]
+
+
+def test_cudnn_autotuning_is_off_unless_asked_for(tmp_path):
+    """Off by default (measured: seconds more in epoch 1, the same later epochs); the flag or a config file
+    turns it on, and --no-cudnn-benchmark wins over the file."""
+    parser = get_args_parser()
+    assert config_from_args(parser.parse_args(["D"]), ["D"]).cudnn_benchmark is False
+    assert config_from_args(parser.parse_args(["D", "--cudnn-benchmark"]), ["D"]).cudnn_benchmark is True
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"cudnn-benchmark": True}))
+    assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is True
+    argv = ["D", "--config", str(cfg), "--no-cudnn-benchmark"]
+    assert parse_with_config(get_args_parser(), argv).cudnn_benchmark is False
