@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -252,10 +253,12 @@ def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
             assert head.orientation == img.getexif().get(0x0112, 1), path
 
 
-def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_folder, tmp_path):
+@pytest.mark.parametrize("read_ahead", [0, 1, 4])
+def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_folder, tmp_path, read_ahead):
     """Child processes do the fill's file work: each nvjpeg-exact JPEG comes back byte for byte with its size;
     every other file (PNG, progressive, gray, EXIF-rotated) as the TrainDecoder's row, exactly; a vanished
-    or broken file as an error naming the reason; chunks in order."""
+    or broken file as an error naming the reason; chunks in order, received by a thread ahead of the
+    caller or (read_ahead=0) by the caller."""
     from edgecls.data.fill_workers import ERROR, JPEG, ROW, read_chunks
 
     broken = tmp_path / "broken.png"
@@ -263,7 +266,7 @@ def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_fold
     paths = [*photo_folder, str(tmp_path / "vanished.jpg"), str(broken)]
     chunks = [paths[:3], paths[3:4], [], paths[4:], paths[:2]]
     decoder = ic.TrainDecoder((40, 48), "bicubic")
-    got = list(read_chunks(chunks, decoder.size, decoder.interpolation, processes=2))
+    got = list(read_chunks(chunks, decoder.size, decoder.interpolation, processes=2, read_ahead=read_ahead))
     assert [len(c) for c in got] == [len(c) for c in chunks]
     for chunk, results in zip(chunks, got):
         for path, result in zip(chunk, results):
@@ -306,7 +309,8 @@ def test_reader_processes_import_from_where_the_training_process_does(photo_fold
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
 
 
-def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch):
+@pytest.mark.parametrize("read_ahead", [0, 4])
+def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch, read_ahead):
     import subprocess
 
     from edgecls.data import fill_workers
@@ -319,16 +323,17 @@ def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, mon
         return started[-1]
 
     monkeypatch.setattr(fill_workers.subprocess, "Popen", recording_popen)
-    reads = fill_workers.read_chunks([photo_folder[:1]] * 400, (40, 48), processes=2)
+    reads = fill_workers.read_chunks([photo_folder[:1]] * 400, (40, 48), processes=2, read_ahead=read_ahead)
     next(reads)
     os.kill(started[0].pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the readers leave it to us
     assert len(list(itertools.islice(reads, 100))) == 100
     reads.close()  # what the fill does when decoding fails
     assert len(started) == 2 and all(child.returncode is not None for child in started)
+    assert not any(t.name == "edgecls-fill-receiver" for t in threading.enumerate())
 
     monkeypatch.setattr(fill_workers.sys, "executable", shutil.which("false"))
     with pytest.raises(UserError, match="reader process .* ended early .*--cache-images ram"):
-        list(fill_workers.read_chunks([photo_folder[:1]], (40, 48), processes=1))
+        list(fill_workers.read_chunks([photo_folder[:1]], (40, 48), processes=1, read_ahead=read_ahead))
 
 
 def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):

@@ -5,8 +5,9 @@ exactly like PIL; every other file (PNG, progressive or rotated JPEG...) must be
 PIL. Done on threads of the training process, that work held the GIL so often that the thread
 issuing the GPU kernels ran at a fraction of its speed (benchmarks/fill_reader.py). So
 `read_chunks` starts child processes that do it all and stream back one frame per chunk of
-files through a pipe; the training process only copies each frame in (one large read, the GIL
-released while it waits).
+files through a pipe. In the training process one receiver thread only copies the frames in (a
+few large reads, the GIL released while it waits), a few chunks ahead of the fill, so that the
+transfer of the next chunks overlaps the GPU decode of this one.
 
 A child runs this file as a script, isolated (`python -I`), takes the training process's
 sys.path from the request, and imports only `train_decoder` (PIL + numpy, no torch). Frame: u64
@@ -21,15 +22,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 JPEG, ROW, ERROR = 1, 2, 3
 PIPE_BYTES = 1 << 20  # pipe buffer asked for (Linux): fewer, larger reads in the training process
+READ_AHEAD = 4  # chunks received ahead of the fill (about 6 MB each for photo JPEGs)
 _FRAME = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<B3xiiQ")
@@ -192,15 +196,21 @@ def _read_exact(stream, n: int) -> bytearray | None:
 
 
 def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: str = "bilinear",
-                processes: int = 2) -> Iterator[list[FileResult]]:
+                processes: int = 2, read_ahead: int = READ_AHEAD) -> Iterator[list[FileResult]]:
     """decode_frame results for each chunk of paths, in order, from `processes` child processes (chunk i
-    by child i mod processes; each reads ahead as far as its pipe holds). size and interpolation make
-    the TrainDecoder for the files nvjpeg can't decode."""
+    by child i mod processes). A thread of this process receives the frames up to `read_ahead` chunks
+    ahead, so the caller's work on one chunk (the GPU decode) overlaps the transfer of the next ones
+    (read_ahead=0: no thread, each frame received when asked for). size and interpolation make the
+    TrainDecoder for the files nvjpeg can't decode."""
     if not chunks:
         return
     processes = max(1, min(processes, len(chunks)))
-    children = []
+    children: list[subprocess.Popen] = []
     command = [sys.executable, "-I", os.path.abspath(__file__)]  # this file as a script: standard library only
+    frames: queue.Queue = queue.Queue(maxsize=max(1, read_ahead))
+    stop = threading.Event()
+    receiver = threading.Thread(target=_receive, args=(children, len(chunks), frames, stop),
+                                name="edgecls-fill-receiver", daemon=True)
     try:
         for k in range(processes):
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -215,23 +225,60 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
                 pass  # it died at once: reported below, when its first frame is missing
             finally:
                 child.stdin.close()
+        if read_ahead > 0:
+            receiver.start()
         for i in range(len(chunks)):
-            child = children[i % processes]
-            head = _read_exact(child.stdout, _FRAME.size)
-            body = _read_exact(child.stdout, _FRAME.unpack(head)[0]) if head is not None else None
-            if body is None:
+            item = frames.get() if read_ahead > 0 else _receive_frame(children[i % processes])
+            if isinstance(item, _Missing):
                 from edgecls.errors import UserError  # the training process only
 
                 raise UserError(f"the image cache's reader process ({os.path.abspath(__file__)}) ended early (exit code "
-                                f"{child.wait()}; its error, if any, is above); train with --cache-images ram "
+                                f"{item.child.wait()}; its error, if any, is above); train with --cache-images ram "
                                 f"to go without it")
-            yield decode_frame(body)
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        for child in children:
+        stop.set()
+        for child in children:  # a killed child closes its pipe: a receive in progress ends at once
             if child.poll() is None:
                 child.kill()
             child.wait()
+        if receiver.is_alive():
+            receiver.join()
+        for child in children:
             child.stdout.close()
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """The receiver's note that `child` ended before sending its next frame."""
+
+    child: subprocess.Popen
+
+
+def _receive_frame(child: subprocess.Popen) -> list[FileResult] | _Missing:
+    head = _read_exact(child.stdout, _FRAME.size)
+    body = _read_exact(child.stdout, _FRAME.unpack(head)[0]) if head is not None else None
+    return decode_frame(body) if body is not None else _Missing(child)
+
+
+def _receive(children: list[subprocess.Popen], count: int, frames: queue.Queue, stop: threading.Event) -> None:
+    """The receiver thread: frame i from child i mod len(children), decoded, onto `frames`; _Missing(child)
+    when its frame is missing (then stop), or the exception that ended the receiving."""
+    for i in range(count):
+        try:
+            item = _receive_frame(children[i % len(children)])
+        except BaseException as exc:  # noqa: BLE001 - raised by the consumer, in its thread
+            item = exc
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if stop.is_set() or not isinstance(item, list):
+            return
 
 
 def _widen_pipe(stream) -> None:
