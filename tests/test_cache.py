@@ -309,20 +309,27 @@ def test_reader_processes_import_from_where_the_training_process_does(photo_fold
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("read_ahead", [0, 4])
-def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch, read_ahead):
+def record_reader_processes(monkeypatch) -> list:
+    """The list that every reader process read_chunks starts from now on is appended to."""
     import subprocess
 
     from edgecls.data import fill_workers
 
-    started = []
-    real_popen = subprocess.Popen
+    started, real_popen = [], subprocess.Popen
 
     def recording_popen(*args, **kwargs):
         started.append(real_popen(*args, **kwargs))
         return started[-1]
 
     monkeypatch.setattr(fill_workers.subprocess, "Popen", recording_popen)
+    return started
+
+
+@pytest.mark.parametrize("read_ahead", [0, 4])
+def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch, read_ahead):
+    from edgecls.data import fill_workers
+
+    started = record_reader_processes(monkeypatch)
     reads = fill_workers.read_chunks([photo_folder[:1]] * 400, (40, 48), processes=2, read_ahead=read_ahead)
     next(reads)
     os.kill(started[0].pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the readers leave it to us
@@ -334,6 +341,38 @@ def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, mon
     monkeypatch.setattr(fill_workers.sys, "executable", shutil.which("false"))
     with pytest.raises(UserError, match="reader process .* ended early .*--cache-images ram"):
         list(fill_workers.read_chunks([photo_folder[:1]], (40, 48), processes=1, read_ahead=read_ahead))
+
+
+def test_receiver_errors_and_dead_children_reach_the_consumer(photo_folder, monkeypatch):
+    """With the receiver thread: an exception while receiving is raised at that chunk, a child killed mid-stream
+    ends the reading with the one-line error, after the chunks already received; no thread is left."""
+    from edgecls.data import fill_workers
+
+    real_decode, calls = fill_workers.decode_frame, []
+
+    def failing_decode(body):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("frame 3 is corrupt")
+        return real_decode(body)
+
+    monkeypatch.setattr(fill_workers, "decode_frame", failing_decode)
+    got = []
+    with pytest.raises(ValueError, match="frame 3 is corrupt"):
+        for results in fill_workers.read_chunks([photo_folder[:2]] * 10, (40, 48), processes=2, read_ahead=4):
+            got.append(results)
+    assert len(got) == 2
+    monkeypatch.setattr(fill_workers, "decode_frame", real_decode)
+
+    started = record_reader_processes(monkeypatch)
+    reads = fill_workers.read_chunks([photo_folder[:1]] * 2000, (40, 48), processes=2, read_ahead=4)
+    next(reads)
+    started[1].kill()
+    with pytest.raises(UserError, match="reader process .* ended early"):
+        for _ in reads:
+            pass
+    assert not any(t.name == "edgecls-fill-receiver" for t in threading.enumerate())
+    assert all(child.returncode is not None for child in started)
 
 
 def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):

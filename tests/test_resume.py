@@ -100,13 +100,15 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(resume_data, uninterru
     assert load_checkpoint(run / "last.pth")["train"]["epoch"] == 3
 
 
-def test_resume_from_a_last_pth_file_with_a_larger_epoch_budget(resume_data, uninterrupted, tmp_path):
+def test_resume_from_a_last_pth_file_with_a_larger_epoch_budget_and_autotuning_on(resume_data, uninterrupted, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
+    assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is False  # the default
     proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run / "last.pth"), "--epochs", "5",
-                    "--workers", "0"], cwd=tmp_path, env=ENV)
+                    "--workers", "0", "--cudnn-benchmark"], cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 5/5" in proc.stdout
+    assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is True  # speed only: may change
     got = rows(run)
     assert [int(r["epoch"]) for r in got] == [1, 2, 3, 4, 5]
     assert metrics(run)[:4] == metrics(uninterrupted)  # history kept, not duplicated

@@ -334,3 +334,7 @@ def test_cudnn_autotuning_is_off_unless_asked_for(tmp_path):
     assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is True
     argv = ["D", "--config", str(cfg), "--no-cudnn-benchmark"]
     assert parse_with_config(get_args_parser(), argv).cudnn_benchmark is False
+    for key, value, expected in (("no-cudnn-benchmark", True, False), ("no_cudnn_benchmark", False, True),
+                                 ("cudnn_benchmark", False, False)):
+        cfg.write_text(yaml.safe_dump({key: value}))
+        assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is expected, key

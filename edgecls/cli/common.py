@@ -70,8 +70,11 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     for key, value in data.items():
         name = str(key).lstrip("-")
         action = by_dest.get(name.replace("-", "_"))
-        flag = by_flag.get("--" + name) or by_flag.get("--" + name.replace("_", "-"))
-        inverted = action is None and flag is not None and flag.nargs == 0 and flag.const is False  # no-simplify: true
+        dashed = "--" + name.replace("_", "-")
+        flag = by_flag.get("--" + name) or by_flag.get(dashed)
+        negative = flag is not None and (flag.const is False  # no-simplify: true (a store_false flag)
+                                         or (isinstance(flag, argparse.BooleanOptionalAction) and dashed.startswith("--no-")))
+        inverted = action is None and negative and flag.nargs == 0
         action = action or flag
         if action is None or action.dest in ("help", "config"):
             raise UserError(f"--config {p}: unknown key {key!r}; keys are the command's flag names (e.g. batch-size)")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 JPEG, ROW, ERROR = 1, 2, 3
 PIPE_BYTES = 1 << 20  # pipe buffer asked for (Linux): fewer, larger reads in the training process
-READ_AHEAD = 4  # chunks received ahead of the fill (about 6 MB each for photo JPEGs)
+READ_AHEAD = 4  # chunks queued ahead of the fill, one more in the receiver's hand (about 6 MB each for photo JPEGs)
 _FRAME = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<B3xiiQ")
@@ -198,8 +198,8 @@ def _read_exact(stream, n: int) -> bytearray | None:
 def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: str = "bilinear",
                 processes: int = 2, read_ahead: int = READ_AHEAD) -> Iterator[list[FileResult]]:
     """decode_frame results for each chunk of paths, in order, from `processes` child processes (chunk i
-    by child i mod processes). A thread of this process receives the frames up to `read_ahead` chunks
-    ahead, so the caller's work on one chunk (the GPU decode) overlaps the transfer of the next ones
+    by child i mod processes). A thread of this process receives the frames, `read_ahead` chunks queued
+    ahead (and one in hand), so the caller's work on one chunk (the GPU decode) overlaps the transfer of the next ones
     (read_ahead=0: no thread, each frame received when asked for). size and interpolation make the
     TrainDecoder for the files nvjpeg can't decode."""
     if not chunks:
@@ -245,7 +245,7 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
                 child.kill()
             child.wait()
         if receiver.is_alive():
-            receiver.join()
+            receiver.join(timeout=10)  # a daemon: should a pipe stay open elsewhere (a fork), it is left behind
         for child in children:
             child.stdout.close()
 
