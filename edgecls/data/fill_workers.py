@@ -199,9 +199,9 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
                 processes: int = 2, read_ahead: int = READ_AHEAD) -> Iterator[list[FileResult]]:
     """decode_frame results for each chunk of paths, in order, from `processes` child processes (chunk i
     by child i mod processes). A thread of this process receives the frames, `read_ahead` chunks queued
-    ahead (and one in hand), so the caller's work on one chunk (the GPU decode) overlaps the transfer of the next ones
-    (read_ahead=0: no thread, each frame received when asked for). size and interpolation make the
-    TrainDecoder for the files nvjpeg can't decode."""
+    ahead (and one in hand), so the caller's work on one chunk (the GPU decode) overlaps the transfer
+    of the next ones (read_ahead=0: no thread, each frame received when asked for). size and
+    interpolation make the TrainDecoder for the files nvjpeg can't decode."""
     if not chunks:
         return
     processes = max(1, min(processes, len(chunks)))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from edgecls.data.tools import atomic_write_text
+
 SUMMARY_FIELDS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk",
     "lr", "images_per_s", "seconds", "peak_mem_mb",
@@ -30,8 +32,6 @@ def read_summary(path: Path) -> list[dict]:
 
 def write_summary(rows: list[dict], path: Path) -> None:
     """Rewrite the whole file (small) so a resumed run never duplicates an epoch row."""
-    from edgecls.data.tools import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -73,6 +73,4 @@ def write_bad_files(report: str, path: Path) -> None:
 def write_timings(timings: dict, path: Path) -> None:
     """Seconds spent before the first epoch (dataset scan, decoded-image cache mode and set-up), then, once
     it is over, where the first epoch went (first step, and the gpu cache fill beside it)."""
-    from edgecls.data.tools import atomic_write_text
-
     atomic_write_text(json.dumps(timings, indent=2) + "\n", path)

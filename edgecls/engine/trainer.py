@@ -100,7 +100,7 @@ class EpochStats:
     acc: float
     images: int
     seconds: float
-    first_step_seconds: float = 0.0  # from the epoch's start to its first step done (cudnn autotuning shows here)
+    first_step_seconds: float = 0.0  # from the epoch's start to its first step done (when timed: see train_one_epoch)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -263,7 +263,9 @@ def first_epoch_timings(stats: EpochStats, cached) -> dict:
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, amp=False, scaler=None,
-                    channels_last=False, desc="train", show_progress=False) -> EpochStats:
+                    channels_last=False, desc="train", show_progress=False, time_first_step=False) -> EpochStats:
+    """One pass over `loader`. time_first_step: wait for the first step's GPU work (one host sync) to record
+    how long it took; asked for in the first epoch a run trains, which timings.json reports."""
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -292,7 +294,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, a
         seen += n
         total_loss += loss.detach().double() * n
         correct += (logits.argmax(1) == labels).sum()
-        if step == 0:  # one host sync per epoch
+        if step == 0 and time_first_step:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             first_step = time.perf_counter() - start
@@ -561,7 +563,8 @@ def fit(cfg: TrainConfig) -> dict:
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(train_model, train_loader, criterion, optimizer, scheduler, device, amp=cfg.amp,
                                 scaler=scaler, channels_last=channels_last,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=show_progress)
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=show_progress,
+                                time_first_step=epoch == start_epoch)
         if epoch == start_epoch and dist_utils.is_main():
             timings.update(first_epoch_timings(stats, cached))
             write_timings(timings, run_dir / "timings.json")
