@@ -205,6 +205,9 @@ FLAG_ERRORS = [
     ("pretrained_without_weights", ["--backbone", "resnet18", "--pretrained"], "no offline weights"),
     ("broken_plugin", ["--model-def-path", "{root}/plugins"], "typo_net_for_cli_test.py"),
     ("label_smoothing", ["--label-smoothing", "1.5"], "--label-smoothing"),
+    ("zero_epochs", ["--epochs", "0"], "--epochs 0: must be at least 1"),
+    ("zero_batch", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    ("negative_workers", ["--workers", "-1"], "--workers -1: must be at least 0"),
 ]
 
 

@@ -104,6 +104,14 @@ def _config_value(path: Path, key, value, action: argparse.Action):
     return value
 
 
+def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """A one-line error for the first flag (by dest) whose value is below its minimum."""
+    for dest, least in minimums.items():
+        value = getattr(args, dest)
+        if value < least:
+            raise UserError(f"--{dest.replace('_', '-')} {value}: must be at least {least}")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'224' -> (224, 224); '56x32' or '56,32' -> (56, 32) as H x W."""
     parts = str(text).lower().replace(",", "x").split("x")

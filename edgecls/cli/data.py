@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from edgecls.cli.common import DefaultsHelpFormatter, parse_size, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, parse_size, require_at_least, run_cli
 from edgecls.errors import UserError
 
 FMT = DefaultsHelpFormatter
@@ -106,8 +106,7 @@ def _split(args) -> int:
 def _verify(args) -> int:
     from edgecls.data.tools.verify_report import KINDS, format_report, quarantine, verify_dataset, write_json
 
-    if args.min_size < 1:
-        raise UserError(f"--min-size {args.min_size}: must be at least 1")
+    require_at_least(args, {"min_size": 1})
     kinds = [k.strip() for k in args.quarantine_kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
+                                run_cli)
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
@@ -342,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.metrics import classification_report
 
     args = parse_with_config(get_args_parser(), argv)
-    if args.topk < 1:
-        raise UserError(f"--topk {args.topk}: must be at least 1")
+    require_at_least(args, {"topk": 1})
     e2e = bool(args.preds or args.gts)
     dataset = bool(args.snapshot or args.onnx or args.data_dir)
     if e2e and dataset:

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
+                                run_cli)
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES, Preprocess
 from edgecls.data.tools import atomic_write_text
@@ -174,10 +175,7 @@ def print_single(record: dict, out=sys.stdout) -> None:
 # ------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(get_args_parser(), argv)
-    if args.topk < 1:
-        raise UserError(f"--topk {args.topk}: must be at least 1")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    require_at_least(args, {"topk": 1, "batch_size": 1})
     paths, many = collect_images(args.img_path)
     predictor = load_predictor(args)
 

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_with_config, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_with_config, require_at_least, run_cli
 from edgecls.errors import UserError
 
 
@@ -55,9 +55,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
     if not 1 <= args.max_pixels <= MAX_PIXELS:
         raise UserError(f"--max-pixels {args.max_pixels}: use 1..{MAX_PIXELS:,} (edgecls' decompression-bomb limit)")
-    for flag in ("max_batch", "topk", "decode_threads", "model_batch", "limit_concurrency"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    require_at_least(args, dict.fromkeys(("max_batch", "topk", "decode_threads", "model_batch", "limit_concurrency"), 1))
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

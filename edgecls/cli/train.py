@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
+                                run_cli)
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.engine.trainer import OPTIMIZERS, SCHEDULERS, TrainConfig
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_with_config(get_args_parser(), argv)
+    require_at_least(args, {"epochs": 1, "batch_size": 1, "topk": 1, "patience": 1, "warmup_epochs": 0, "workers": 0})
     from edgecls.engine.trainer import fit
 
     fit(config_from_args(args, argv))
