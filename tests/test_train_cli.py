@@ -341,3 +341,24 @@ def test_cudnn_autotuning_is_off_unless_asked_for(tmp_path):
                                  ("cudnn_benchmark", False, False)):
         cfg.write_text(yaml.safe_dump({key: value}))
         assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is expected, key
+
+
+ABBREVIATED = [  # a shortened flag that argparse's default would silently take for a longer one
+    ("edgecls.cli.train", "get_args_parser", ["DATA", "--epoch", "3"]),
+    ("edgecls.cli.inference", "get_args_parser", ["--img-path", "x.jpg", "--model", "m.pth"]),
+    ("edgecls.cli.eval", "get_args_parser", ["--pred", "p"]),
+    ("edgecls.cli.export", "build_parser", ["--snapshot", "x.pth", "--save", "x.onnx"]),
+    ("edgecls.cli.serve", "get_args_parser", ["--model", "x.pth", "--max-up", "5"]),
+    ("edgecls.cli.data", "build_parser", ["split", "src", "--val", "0.2"]),
+]
+
+
+@pytest.mark.parametrize("module,builder,argv", ABBREVIATED, ids=[m.rsplit(".", 1)[1] for m, _, _ in ABBREVIATED])
+def test_abbreviated_flags_are_refused(module, builder, argv, capsys):
+    import importlib
+
+    parser = getattr(importlib.import_module(module), builder)()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Two-pass parse: read --config, apply its keys as defaults, then parse the command line."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:

@@ -13,12 +13,12 @@ FMT = DefaultsHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgecls data", description="Dataset tools: split, verify, augment, "
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="edgecls data", description="Dataset tools: split, verify, augment, "
                                      "import, stats. Layouts: DIR/train|val|test/<class>/ or DIR/<class>/.")
     sub = parser.add_subparsers(dest="command", metavar="{split,verify,augment,import,stats}")
     sub.required = True
 
-    p = sub.add_parser("split", formatter_class=FMT, help="stratified, seeded train/val(/test) split",
+    p = sub.add_parser("split", allow_abbrev=False, formatter_class=FMT, help="stratified, seeded train/val(/test) split",
                        description="Split DIR/<class>/ into DIR/train|val[|test]/<class>/ (copies unless --move), "
                        "or move a share of DIR/train/<class>/ into val/ (and test/). Image counts are checked "
                        "before = after; nothing is deleted.")
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true",
                    help="re-split when val/ or test/ exist (their images go back into the pool first)")
 
-    p = sub.add_parser("verify", formatter_class=FMT, help="find bad, tiny and duplicate images; counts and sizes",
+    p = sub.add_parser("verify", allow_abbrev=False, formatter_class=FMT, help="find bad, tiny and duplicate images; counts and sizes",
                        description="Report zero-byte, unsupported, corrupt and tiny images, duplicates (also across "
                        "splits: leakage; across classes: label conflicts), class counts, imbalance and image sizes.")
     p.add_argument("dir", metavar="DIR", help="DIR/train|val|test/<class>/ or DIR/<class>/")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train before val before test)")
     g.add_argument("--strict", action="store_true", help="exit 1 when problems remain (for CI)")
 
-    p = sub.add_parser("augment", formatter_class=FMT, help="offline augmentation to balance classes",
+    p = sub.add_parser("augment", allow_abbrev=False, formatter_class=FMT, help="offline augmentation to balance classes",
                        description="Top every class up to --target-per-class images in OUT, a separate folder. "
                        "OUT gets a copy of the originals too, so it is a complete balanced dataset; with "
                        "DIR/train/ only train/ is augmented and val/ test/ are copied unchanged. DIR is only read.")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, metavar="OUT", help="output folder (must be empty, outside DIR)")
     g.add_argument("--force", action="store_true", help="write into a non-empty --out")
 
-    p = sub.add_parser("import", formatter_class=FMT, help="download images listed as url,class,split",
+    p = sub.add_parser("import", allow_abbrev=False, formatter_class=FMT, help="download images listed as url,class,split",
                        description="Download the images of LIST.csv (url,class[,split]; header optional; split "
                        "defaults to train) into OUT/<split>/<class>/. Re-run after an interruption to resume; "
                        "failures are retried on the next run.")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=8, help="parallel downloads")
     g.add_argument("--report", metavar="PATH", default=None, help="JSON report (default: OUT/import_report.json)")
 
-    p = sub.add_parser("stats", formatter_class=FMT, help="counts per class and split, a class-histogram PNG",
+    p = sub.add_parser("stats", allow_abbrev=False, formatter_class=FMT, help="counts per class and split, a class-histogram PNG",
                        description="Count image files per class and split (no decoding) and plot them.")
     p.add_argument("dir", metavar="DIR", help="DIR/train|val|test/<class>/ or DIR/<class>/")
     g = p.add_argument_group("output")

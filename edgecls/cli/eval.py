@@ -29,7 +29,7 @@ LIST_LIMIT = 20  # missing / unreadable images listed in the text report (all of
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="eval_utils/eval.py",
+        allow_abbrev=False, prog="eval_utils/eval.py",
         description="Evaluate a model on a dataset split (--snapshot/--onnx + --data-dir), or prediction files "
                     "against ground truth (--preds + --gts).",
         formatter_class=DefaultsHelpFormatter,

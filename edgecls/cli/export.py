@@ -14,7 +14,7 @@ from edgecls.export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="pytorch2onnx.py", formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False, prog="pytorch2onnx.py", formatter_class=DefaultsHelpFormatter,
         description="Export a trained checkpoint to ONNX that gives PyTorch's answers, is small, and uses only "
                     "operators the chosen NPU runs; optionally quantize to INT8.")
     src = p.add_argument_group("model (Kneron flags)")

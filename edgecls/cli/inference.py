@@ -29,7 +29,7 @@ SUMMARY_NAME = "summary.csv"
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="inference.py",
+        allow_abbrev=False, prog="inference.py",
         description="Classify one image, a folder (recursively) or a glob with a checkpoint or an ONNX file.",
         formatter_class=DefaultsHelpFormatter,
     )

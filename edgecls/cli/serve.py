@@ -13,7 +13,7 @@ from edgecls.errors import UserError
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="serve.py", formatter_class=DefaultsHelpFormatter,
+        allow_abbrev=False, prog="serve.py", formatter_class=DefaultsHelpFormatter,
         description="Serve a checkpoint (.pth) or ONNX model: POST /classify (multipart field img), "
                     "POST /classify/batch, GET /health, GET /model, GET /openapi.json, and a web page at /.")
     model = parser.add_argument_group("model")

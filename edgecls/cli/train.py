@@ -12,7 +12,7 @@ from edgecls.engine.trainer import OPTIMIZERS, SCHEDULERS, TrainConfig
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py",
+        allow_abbrev=False, prog="train.py",
         description="Train an image classifier on DATASET_DIR/train/<class>/ and validate on DATASET_DIR/val/<class>/.",
         formatter_class=DefaultsHelpFormatter,
         epilog="Distributed: torchrun --nproc-per-node N train.py ... (gloo on CPU, NCCL with --gpu). "

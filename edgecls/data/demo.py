@@ -64,7 +64,7 @@ def build_demo_dataset(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="edgecls demo-data",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="edgecls demo-data",
                                      description="Write the bundled demo digits as an image-folder dataset.")
     parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
     parser.add_argument("--source", default="mnist", choices=["mnist", "digits"], help="(default: mnist)")
