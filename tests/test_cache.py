@@ -435,6 +435,24 @@ def test_a_file_broken_after_the_scan_stops_the_streamed_fill_with_its_path(phot
         images.fill.wait_all()
 
 
+@pytest.mark.parametrize("broken_count", [1, 12])
+def test_files_broken_after_the_scan_stop_the_ram_cache_with_their_paths(photo_folder, tmp_path, broken_count):
+    """One file: the same one-line error as the gpu fill's; several: the first 10 listed, the rest counted."""
+    broken = []
+    for i in range(broken_count):
+        broken.append(tmp_path / f"broken{i}.png")
+        broken[-1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(UserError) as exc:
+        ic.load_or_build([*photo_folder, *map(str, broken)], ic.TrainDecoder((40, 48)), "ram", log=lambda m: None)
+    message = str(exc.value)
+    assert message.endswith("--cache-images none")
+    if broken_count == 1:
+        assert "\n" not in message and message.startswith(f"{broken[0]}: could not be decoded for the image cache (")
+    else:
+        assert message.startswith("12 images could not be decoded") and "... and 2 more" in message
+        assert all(str(b) in message for b in broken[:10]) and str(broken[10]) not in message
+
+
 def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monkeypatch):
     """With drop_last the epoch can end before the fill writes its last chunk: the timings wait for it."""
     from edgecls.data import gpu_cache

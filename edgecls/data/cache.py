@@ -218,9 +218,19 @@ def _run_decode(paths, decoder, workers, out_file, pixels, sizes, log) -> None:
         for job in jobs:
             take(_decode_chunk(job))
     if errors:
-        listing = "\n".join(f"  {p}: {r}" for p, r in errors[:10])
-        raise UserError(f"{len(errors)} image(s) could not be decoded for the image cache (changed since the scan?):\n"
-                        f"{listing}\nfix or remove them, or train with --cache-images none")
+        raise undecodable(errors)
+
+
+def undecodable(failed: list[tuple[str, str]]) -> UserError:
+    """The error for (path, reason) files the cache could not decode: one line for one file, up to 10 listed."""
+    if len(failed) == 1:
+        path, reason = failed[0]
+        return UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the scan?); "
+                         f"fix or remove it, or train with --cache-images none")
+    listing = "\n".join(f"  {p}: {r}" for p, r in failed[:10])
+    more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return UserError(f"{len(failed)} images could not be decoded for the image cache (changed since the scan?):\n"
+                     f"{listing}{more}\nfix or remove them, or train with --cache-images none")
 
 
 def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=print,

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, upload
+from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, undecodable, upload
 from edgecls.data.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
-from edgecls.errors import UserError
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
 READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers ...
@@ -116,7 +115,7 @@ class DeviceFill:
 
         errors = [(self.paths[i], r.data) for i, r in zip(chunk, results) if r.kind == ERROR]
         if errors:
-            raise _undecodable(*errors[0])
+            raise undecodable(errors)
         good = [(i, r.data, r.size) for i, r in zip(chunk, results) if r.kind == JPEG]
         decoded_rows = [(i, r) for i, r in zip(chunk, results) if r.kind == ROW]
         refused: list[int] = []
@@ -147,7 +146,7 @@ class DeviceFill:
         if refused:
             _, rows, sizes, failed = _decode_chunk((self.decoder, 0, [self.paths[i] for i in refused], None))
             if failed:
-                raise _undecodable(*failed[0])
+                raise undecodable(failed)
             self.pixels[torch.tensor(refused, device=self.device)] = torch.from_numpy(rows).to(self.device)
             self.sizes[refused] = sizes
         if self._stream is not None:
@@ -192,11 +191,6 @@ class DeviceFill:
             while not self.finished:
                 self._cond.wait()
         self.wait_all()  # raises the fill's error, if any
-
-
-def _undecodable(path: str, reason: str) -> UserError:
-    return UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the scan?); "
-                     f"fix or remove it, or train with --cache-images none")
 
 
 def build_on_device(paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None,
