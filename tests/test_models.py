@@ -335,11 +335,12 @@ def test_full_pickled_model_is_refused_with_how_to_convert(tmp_path):
     assert "arbitrary code" in msg and "state_dict()" in msg and "kneron_full.pth" in msg
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage, not a zip or pickle"])
+@pytest.mark.parametrize("content", [b"", b"garbage, not a zip or pickle", b"\x89PNG\r\n\x1a\n" + bytes(40)])
 def test_unreadable_checkpoint_files_are_user_errors(tmp_path, content):
     (tmp_path / "x.pth").write_bytes(content)
-    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint") as err:
         load_checkpoint(tmp_path / "x.pth")
+    assert "weights_only" not in str(err.value)  # torch's advice to load unsafely is not passed on
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgecls.atomic import atomic_path
 from edgecls.data.images import load_rgb
 from edgecls.data.presets import Preprocess
 from edgecls.data.train_decoder import TrainDecoder
@@ -261,18 +261,12 @@ def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=pr
         except OSError as exc:
             raise UserError(f"image cache folder {folder}: {exc.strerror or exc}; set $EDGECLS_CACHE_DIR or use --cache-images ram|none") from None
         log(f"caching {n} decoded images at {h}x{w} in {data_file} ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB, once)")
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
-        os.close(fd)
-        try:
+        with atomic_path(data_file) as tmp:  # the data file appears last: its presence marks a complete cache
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, 3)).flush()
             sizes = np.zeros((n, 2), np.int32)
-            _run_decode(paths, decoder, workers, tmp, None, sizes, log)
-            _atomic_save(sizes_file, sizes)
-            os.replace(tmp, data_file)  # the data file appears last: its presence marks a complete cache
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            _run_decode(paths, decoder, workers, str(tmp), None, sizes, log)
+            with atomic_path(sizes_file) as sizes_tmp:
+                np.save(sizes_tmp, sizes)
         return DecodedImages(np.load(data_file, mmap_mode="r"), sizes, "disk", data_file)
     if mode == "ram":
         log(f"caching {n} decoded images at {h}x{w} in RAM ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB, once)")
@@ -292,13 +286,6 @@ def upload(images: DecodedImages, device: torch.device, chunk_rows: int = 2048) 
     for start in range(0, len(pixels), chunk_rows):
         out[start:start + chunk_rows].copy_(torch.from_numpy(np.ascontiguousarray(pixels[start:start + chunk_rows])))
     return DecodedImages(out, np.asarray(images.orig_sizes), "gpu", images.path)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- batched augmentation

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from edgecls.atomic import atomic_write_text
 from edgecls.data.images import check_image
 
 CACHE_VERSION = 1
@@ -50,12 +50,8 @@ def _load_cache(file: Path) -> dict:
 
 def _save_cache(file: Path, entries: dict) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": CACHE_VERSION, "entries": entries}, fh)
-        os.replace(tmp, file)
-    except OSError:
+        atomic_write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}), file)
+    except (OSError, UserError):
         pass  # a read-only home only costs speed
 
 

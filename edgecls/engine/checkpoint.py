@@ -16,41 +16,23 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from edgecls.atomic import atomic_path
 from edgecls.data.presets import Preprocess
 from edgecls.errors import UserError
 
 FORMAT = "edgecls-checkpoint/1"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """Write to a temp file in the same folder, fsync, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def make_checkpoint(
@@ -106,12 +88,20 @@ def load_raw(path: str | os.PathLike) -> Any:
         # model) names an unsupported global. Garbage bytes are "unreadable", not "unsafe".
         if "Unsupported global" in str(exc):
             raise UserError(f"{p}: {_PICKLE_HINT}") from None
-        raise UserError(f"{p}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{p}: not a readable PyTorch checkpoint ({_unpickler_reason(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load on arbitrary bytes raises KeyError, RuntimeError, EOFError...
         detail = (str(exc).splitlines() or [type(exc).__name__ + ": empty or truncated file"])[0][:200]
         if isinstance(exc, KeyError):
             detail = f"unknown pickle opcode {exc}"
         raise UserError(f"{p}: not a readable PyTorch checkpoint ({detail})") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The reason in torch's weights_only message, without its advice to load unsafely."""
+    text = str(exc)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    reason = next((line.strip() for line in rest.splitlines() if line.strip()), "") if marker else ""
+    return (reason or text.splitlines()[0])[:200]
 
 
 def is_edgecls_checkpoint(obj: Any) -> bool:

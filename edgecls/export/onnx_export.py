@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from collections import Counter
@@ -16,6 +15,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from edgecls.atomic import atomic_write_bytes
 from edgecls.errors import UserError
 
 DEFAULT_OPSET = 13
@@ -76,18 +76,6 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 def save_onnx_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     """Write to a temp file beside the target, then rename: no half-written .onnx after a crash."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(data, path, fsync=True)
     return len(data)

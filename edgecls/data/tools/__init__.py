@@ -9,11 +9,10 @@ placed without ever overwriting another one.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecls.atomic import atomic_copy, atomic_write_bytes, atomic_write_text  # noqa: F401 - the tools import them from here
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.errors import UserError
 
@@ -81,35 +80,6 @@ def free_path(path: Path) -> Path:
         i += 1
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy through a temp file in dst's folder, then rename: no half-written file on a crash."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def atomic_write_bytes(data: bytes, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=dst.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dst)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def atomic_write_text(text: str, dst: Path) -> None:
-    atomic_write_bytes(text.encode("utf-8"), Path(dst))
-
-
 def move_file(src: Path, dst: Path) -> None:
     """Rename when on one filesystem, else copy atomically and then remove the source."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +88,6 @@ def move_file(src: Path, dst: Path) -> None:
     except OSError:
         atomic_copy(src, dst)
         os.unlink(src)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def is_inside(child: Path, parent: Path) -> bool:
