@@ -104,8 +104,9 @@ def test_resume_from_a_last_pth_file_with_a_larger_epoch_budget_and_autotuning_o
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is False  # the default
-    proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run / "last.pth"), "--epochs", "5",
-                    "--workers", "0", "--cudnn-benchmark"], cwd=tmp_path, env=ENV)
+    proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run / "last.pth"), "--epochs=5",
+                    "--workers", "0", "--cudnn-benchmark", "--lr", "3e-3", "--batch-size", "16"],  # the run's own values
+                   cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 5/5" in proc.stdout
     assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is True  # speed only: may change
@@ -120,6 +121,21 @@ def test_resume_on_a_dataset_with_other_classes_is_refused(resume_data, uninterr
     for split in ("train", "val"):
         for digit in "012":
             shutil.copytree(resume_data / split / digit, other / split / digit)
-    proc = run_cmd([str(REPO / "train.py"), str(other), "--resume", str(uninterrupted), "--workers", "0"],
+    proc = run_cmd([str(REPO / "train.py"), str(other), "--resume", str(uninterrupted), "--workers", "0", "--epochs", "6"],
                    cwd=tmp_path, env=ENV)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --resume: the dataset's classes")
+
+
+def test_resuming_a_finished_run_or_changing_its_settings_is_refused_and_writes_nothing(resume_data, uninterrupted,
+                                                                                          tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    cases = [([], "the run has trained all 4 of its 4 epochs; pass --epochs N with N > 4"),
+             (["--epochs", "6", "--lr", "0.1"], "--lr 0.1 differs from its 0.003"),
+             (["--epochs=6", "--batch-size=8"], "--batch-size 8 differs from its 16")]
+    for extra, message in cases:
+        proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0", *extra],
+                       cwd=tmp_path, env=ENV)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

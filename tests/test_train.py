@@ -167,6 +167,10 @@ def test_bad_files_are_skipped_and_listed_in_the_run_folder(digits_dir, tmp_path
     out = capsys.readouterr().out
     assert "skipped 4 unreadable file(s)" in out
     assert "training FP_classifier on 30 images" in out and "validating on 12" in out
+    for path in bad:  # fixed: a new run into the same folder leaves no stale list behind
+        path.unlink()
+    fit(tiny_config(data, tmp_path / "run", epochs=1, exist_ok=True))
+    assert not (tmp_path / "run" / "bad_files.txt").exists()
 
 
 def test_numeric_class_names_keep_one_order_in_run_outputs(digits_dir, tmp_path):

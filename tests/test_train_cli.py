@@ -100,6 +100,10 @@ def test_config_values_are_converted_like_command_line_values(tmp_path):
     args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
     assert args.input_size == (32, 32) and args.optimizer == "ADAMW" and args.amp is True
     assert args.channels_last is False and args.lr == 0.01
+    cfg.write_text("class-weights: [1, 2.5, 1]\nsnapshot:\nmodel-name: 123\ninput-size: [56, 32]\n")
+    args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
+    assert args.class_weights == "1,2.5,1" and args.snapshot is None and args.model_name == "123"
+    assert args.input_size == (56, 32)
 
 
 @pytest.mark.parametrize("text,match", [("epochs: [", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping"),
@@ -107,7 +111,10 @@ def test_config_values_are_converted_like_command_line_values(tmp_path):
                                         ("freeze-backbone: 2\n", "is not one of 0, 1"),
                                         ("epochs: many\n", "'epochs': 'many' is not valid"),
                                         ("amp: 1\n", "on/off flag"),
-                                        ("data: somewhere\n", "give DATASET_DIR on the command line")])
+                                        ("data: somewhere\n", "give DATASET_DIR on the command line"),
+                                        ("epochs:\n", "'epochs' has no value; give one \\(default: 100\\)"),
+                                        ("lr: [0.1, 0.2]\n", "'lr': '0.1,0.2' is not valid"),
+                                        ("lr: {a: 1}\n", "not a mapping")])
 def test_bad_config_files_are_user_errors(tmp_path, text, match):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(UserError, match=match):
@@ -150,6 +157,9 @@ def _layout(root: Path, small_data: Path, case: str) -> Path:
         shutil.copytree(small_data / "val" / "2", data / "val" / "7")
     elif case == "no_val":
         shutil.copytree(small_data / "train", data / "train")
+    elif case == "one_class":
+        shutil.copytree(small_data / "train" / "0", data / "train" / "0")
+        shutil.copytree(small_data / "val" / "0", data / "val" / "0")
     return data
 
 
@@ -160,6 +170,7 @@ DATA_ERRORS = [
     ("unreadable_train", "no readable images"),
     ("unknown_val_class", "['7'] are not in train"),
     ("no_val", "no val/ images"),
+    ("one_class", "only one class ('0'); a classifier needs at least 2 class folders under train/"),
 ]
 
 
@@ -187,6 +198,7 @@ def bad_inputs(tmp_path_factory, small_data) -> dict[str, Path]:
     (root / "plugins" / "typo_net_for_cli_test.py").write_text("from edgecls.models import register_model\nimport torch.nn as\n")
     (root / "bad_key.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
     (root / "taken").mkdir()
+    (root / "a_file").write_text("not a folder")
     (root / "taken" / "best.pth").write_bytes((root / "best_only.pth").read_bytes())
     return {"root": root}
 
@@ -208,6 +220,12 @@ FLAG_ERRORS = [
     ("zero_epochs", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("zero_batch", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     ("negative_workers", ["--workers", "-1"], "--workers -1: must be at least 0"),
+    ("negative_lr", ["--lr", "-1"], "--lr -1.0: must be greater than 0"),
+    ("momentum_one", ["--momentum", "1"], "--momentum 1.0: must be at least 0 and less than 1"),
+    ("negative_weight_decay", ["--weight-decay", "-0.5"], "--weight-decay -0.5: must be at least 0"),
+    ("hflip_above_one", ["--hflip", "5"], "--hflip 5.0: must be between 0 and 1"),
+    ("crop_scale_zero", ["--crop-scale", "0"], "--crop-scale 0.0: must be greater than 0 and at most 1"),
+    ("snapshot_path_is_a_file", ["--snapshot-path", "{root}/a_file"], "a_file: is a file; give a folder for the run"),
 ]
 
 
@@ -362,3 +380,28 @@ def test_abbreviated_flags_are_refused(module, builder, argv, capsys):
         parser.parse_args(argv)
     assert exc.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_a_class_without_training_images_is_warned_about(tmp_path, small_data):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    shutil.rmtree(data / "train" / "2")
+    (data / "train" / "2").mkdir()
+    proc = train([str(data), *FAST, "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: train/ has no readable images for class(es) 2; the model cannot learn them" in proc.stdout + proc.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
+    """`edgecls ... | head`: no BrokenPipeError traceback once the reader has gone."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "many_lines.py"
+    script.write_text("import sys\nfrom edgecls.cli.common import run_cli\n"
+                      "sys.exit(run_cli(lambda argv: [print(f'line {i}') for i in range(200000)] and 0, []))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(f"'{sys.executable}' '{script}' | head -n 2", shell=True, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.stdout == "line 0\nline 1\n" and proc.stderr == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +27,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other command-line tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,6 +54,18 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     if known.config:
         parser.set_defaults(**load_config(known.config, parser))
     return parser.parse_args(argv)
+
+
+def given_dests(make_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> set[str]:
+    """The dests the user set, on the command line (any spelling: --epochs 3, --epochs=3) or in --config."""
+    parser = make_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    dests = set(vars(given))
+    if getattr(given, "config", None):
+        dests |= set(load_config(given.config, make_parser()))
+    return dests - {"config", "help"}
 
 
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -92,13 +108,18 @@ def _config_value(path: Path, key, value, action: argparse.Action):
         if not isinstance(value, bool):
             raise UserError(f"--config {path}: {key!r} is an on/off flag; use true or false, not {value!r}")
         return value
-    if value is None:
-        return None
-    if action.type is not None:
-        try:
-            value = action.type(str(value))
-        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-            raise UserError(f"--config {path}: {key!r}: {value!r} is not valid ({exc})") from None
+    if value is None:  # "key:" with nothing after it
+        if action.default is None:
+            return None
+        raise UserError(f"--config {path}: {key!r} has no value; give one (default: {action.default}) or remove the line")
+    if isinstance(value, dict):
+        raise UserError(f"--config {path}: {key!r}: expected a single value, not a mapping")
+    if isinstance(value, list):  # class-weights: [1, 2] reads like the flag's "1,2"
+        value = ",".join(str(v) for v in value)
+    try:
+        value = (action.type or str)(str(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        raise UserError(f"--config {path}: {key!r}: {value!r} is not valid ({exc})") from None
     if action.choices is not None and value not in action.choices:
         raise UserError(f"--config {path}: {key!r}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value
@@ -110,6 +131,29 @@ def require_at_least(args: argparse.Namespace, minimums: dict[str, int]) -> None
         value = getattr(args, dest)
         if value < least:
             raise UserError(f"--{dest.replace('_', '-')} {value}: must be at least {least}")
+
+
+def require_in(args: argparse.Namespace, intervals: dict[str, str]) -> None:
+    """A one-line error for the first flag (by dest) outside its interval, written "[0, 1]", "(0, inf)"..."""
+    for dest, spec in intervals.items():
+        value = getattr(args, dest)
+        low, high = (float(v) for v in spec[1:-1].split(","))
+        above = value > low if spec[0] == "(" else value >= low
+        below = value < high if spec[-1] == ")" else value <= high
+        if not (above and below):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: must be {_describe_interval(spec, low, high)}")
+
+
+def _describe_interval(spec: str, low: float, high: float) -> str:
+    def num(v: float) -> str:
+        return f"{v:g}"
+    lower = f"greater than {num(low)}" if spec[0] == "(" else f"at least {num(low)}"
+    if high == float("inf"):
+        return lower
+    upper = f"less than {num(high)}" if spec[-1] == ")" else f"at most {num(high)}"
+    if spec[0] == "[" and spec[-1] == "]":
+        return f"between {num(low)} and {num(high)}"
+    return f"{lower} and {upper}"
 
 
 def parse_size(text: str) -> tuple[int, int]:

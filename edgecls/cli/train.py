@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
-                                run_cli)
+from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, given_dests, parse_size, parse_with_config,
+                                require_at_least, require_in, run_cli)
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.engine.trainer import OPTIMIZERS, SCHEDULERS, TrainConfig
 
@@ -35,9 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=100, help="maximum epochs")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
     g.add_argument("--optimizer", default="SGD", type=str.upper, choices=OPTIMIZERS, help="optimizer")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     g.add_argument("--scheduler", default="cosine", choices=SCHEDULERS, help="learning-rate schedule (per step)")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear warmup epochs")
@@ -77,9 +77,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    given = set(argv or [])
-    if args.resume and "--epochs" in given:
-        values["override_epochs"] = args.epochs
+    if args.resume:
+        given = given_dests(get_args_parser, argv)
+        values["resume_flags"] = {k: values[k] for k in sorted(given) if k in values}
+        if "epochs" in given:
+            values["override_epochs"] = args.epochs
     return TrainConfig(**values)
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_with_config(get_args_parser(), argv)
     require_at_least(args, {"epochs": 1, "batch_size": 1, "topk": 1, "patience": 1, "warmup_epochs": 0, "workers": 0})
+    require_in(args, {"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "hflip": "[0, 1]",
+                      "crop_scale": "(0, 1]"})
     from edgecls.engine.trainer import fit
 
     fit(config_from_args(args, argv))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from edgecls.data.tools import atomic_write_text
+from edgecls.atomic import atomic_write_text
 
 SUMMARY_FIELDS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk",
@@ -66,8 +66,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 
 def write_bad_files(report: str, path: Path) -> None:
+    """The files this scan skipped; none: an earlier run's list (--exist-ok, --resume) is removed."""
     if report:
-        path.write_text(report + "\n")
+        atomic_write_text(report + "\n", path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_timings(timings: dict, path: Path) -> None:

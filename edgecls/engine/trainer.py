@@ -84,6 +84,7 @@ class TrainConfig:
     compile: bool = False
     exist_ok: bool = False
     override_epochs: int | None = None  # with --resume: a new epoch budget
+    resume_flags: dict = field(default_factory=dict)  # with --resume: the settings given (checked against the run's)
     cache_images: str = "auto"  # auto | none | ram | disk | gpu (edgecls.data.cache, edgecls.data.gpu_cache)
     model_kwargs: dict = field(default_factory=dict)
 
@@ -347,12 +348,29 @@ def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
         run_dir = Path(cfg.snapshot_path)
     else:
         run_dir = Path("snapshots") / time.strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--snapshot-path {run_dir}: is a file; give a folder for the run")
     if run_dir.exists() and any(run_dir.glob("*.pth")) and not cfg.exist_ok:
         raise UserError(
             f"--snapshot-path {run_dir}: already holds checkpoints; use --resume {run_dir} to continue it, "
             "another --snapshot-path, or --exist-ok to overwrite"
         )
     return run_dir, None
+
+
+RESUME_MAY_CHANGE = ("data", "resume", "epochs", "workers", "gpu", "cudnn_benchmark", "model_def_path", "exist_ok")
+
+
+def check_resume_flags(cfg: TrainConfig, saved: dict, run_dir: Path) -> None:
+    """A resumed run keeps its recorded settings: a flag given with another value is an error, not ignored."""
+    for dest, value in cfg.resume_flags.items():
+        recorded = saved.get(dest)
+        if dest in RESUME_MAY_CHANGE or recorded == value or (isinstance(value, tuple) and list(value) == recorded):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        raise UserError(f"--resume keeps the run's own settings: {flag} {value} differs from its {recorded}; only "
+                        f"--epochs, --workers, --gpu and --cudnn-benchmark may change (to fine-tune with new "
+                        f"settings, start a new run with --snapshot {run_dir / 'best.pth'})")
 
 
 def build_preprocess(cfg: TrainConfig) -> Preprocess:
@@ -441,9 +459,14 @@ def fit(cfg: TrainConfig) -> dict:
     if resume_ckpt is not None:
         # The resumed run keeps its own recorded settings; only the epoch budget may grow.
         saved = dict(resume_ckpt["train"]["config"])
+        check_resume_flags(cfg, saved, run_dir)
         saved.update({"data": cfg.data, "resume": cfg.resume, "workers": cfg.workers, "gpu": cfg.gpu,
                       "cudnn_benchmark": cfg.cudnn_benchmark,  # speed only: the resuming command's
-                      "override_epochs": None, "epochs": cfg.override_epochs or saved["epochs"]})
+                      "override_epochs": None, "resume_flags": {}, "epochs": cfg.override_epochs or saved["epochs"]})
+        done = resume_ckpt["train"]["epoch"] + 1
+        if done >= saved["epochs"]:
+            raise UserError(f"--resume {cfg.resume}: the run has trained all {done} of its {saved['epochs']} epochs; "
+                            f"pass --epochs N with N > {done} to train it further")
         if saved.get("input_size") is not None:
             saved["input_size"] = tuple(saved["input_size"])
         cfg = TrainConfig(**saved)
@@ -463,6 +486,11 @@ def fit(cfg: TrainConfig) -> dict:
         raise UserError(f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)")
     if resume_ckpt is not None and resume_ckpt["classes"] != classes:
         raise UserError(f"--resume: the dataset's classes {classes} differ from the checkpoint's {resume_ckpt['classes']}")
+    if len(classes) < 2:
+        raise UserError(f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/")
+    empty = [name for name, n in zip(classes, train_split.counts(len(classes))) if n == 0]
+    if empty and dist_utils.is_main():
+        log(f"warning: train/ has no readable images for class(es) {', '.join(empty)}; the model cannot learn them")
     report = bad_file_report(splits)
 
     preprocess = build_preprocess(cfg)
