@@ -11,8 +11,8 @@ import pytest
 from conftest import run_cmd
 from PIL import Image
 
-from edgecls.data.tools.augment import (OPERATIONS, augment_dataset, augment_image, distort, random_crop,
-                                        random_erase, rotate)
+from edgecls.data.tools.augment import (OPERATIONS, augment_dataset, augment_image, distort, format_augment_report,
+                                        random_crop, random_erase, rotate)
 from edgecls.errors import UserError
 
 
@@ -123,3 +123,40 @@ def test_cli_flat_layout(digits_dir, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error: --out") and "--force" in res.stderr
     help_text = " ".join(run_cmd(["-m", "edgecls.cli.main", "data", "augment", "--help"]).stdout.split())
     assert "copy of the originals" in help_text
+
+
+def test_force_replaces_the_augmented_files_of_an_earlier_run(unbalanced, tmp_path):
+    one = unbalanced / "train" / "1"
+    first = sorted(one.glob("digits_*.png"))[0]
+    lookalike = one / f"{first.stem}_aug00000.png"  # an original named like a new image of `first`
+    shutil.copy(sorted((unbalanced / "val" / "1").iterdir())[0], lookalike)
+    out = tmp_path / "out"
+    augment_dataset(unbalanced, out, target_per_class=12, seed=3)
+    assert (out / "train" / "1" / f"x{first.stem}_aug00000.png").is_file()  # renamed around the original
+    (out / "train" / "0" / "mine_aug00001.png").write_bytes(b"a user's file, not from a source image")
+    result = augment_dataset(unbalanced, out, target_per_class=10, seed=3, force=True)
+    assert result["replaced"] == 3 + 8  # class 0: 9 + 3, class 1: 4 + 8, class 2 had none
+    for cls, row in result["counts"].items():
+        written = {p.name for p in (out / "train" / cls).iterdir()} - {"mine_aug00001.png"}
+        assert len(written) == row["original"] + row["augmented"] == max(10, row["original"])
+    assert (out / "train" / "1" / lookalike.name).read_bytes() == lookalike.read_bytes()  # the original is kept
+    assert (out / "train" / "0" / "mine_aug00001.png").is_file()
+    assert "replaced 11 augmented file(s) of an earlier run" in format_augment_report(result)
+
+
+def test_cli_numeric_flags_are_checked(unbalanced, tmp_path, capsys):
+    from edgecls.cli.data import cli
+
+    out = tmp_path / "o"
+    for flags, message in ((["--probability", "2"], "--probability 2.0: must be between 0 and 1"),
+                           (["--probability", "-0.1"], "--probability -0.1: must be between 0 and 1"),
+                           (["--max-rotation", "-5"], "--max-rotation -5.0: must be between 0 and 180"),
+                           (["--crop-scale", "0"], "--crop-scale 0.0: must be greater than 0"),
+                           (["--erase-area", "1.5"], "--erase-area 1.5: must be greater than 0.02 and less than 1"),
+                           (["--target-per-class", "-4"], "--target-per-class -4: must be at least 1"),
+                           (["--seed", "-1"], "--seed -1: must be at least 0")):
+        assert cli(["augment", str(unbalanced), "--target-per-class", "5", "--out", str(out), *flags]) == 2
+        assert capsys.readouterr().err.startswith("error: " + message)
+    assert not out.exists()
+    with pytest.raises(UserError, match="--probability"):
+        augment_dataset(unbalanced, out, 5, probability=1.5)

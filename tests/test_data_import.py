@@ -213,3 +213,18 @@ def test_bad_lists_are_user_errors(tmp_path):
                           "--out", str(tmp_path / "o")], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "not found" in res.stderr
+
+
+def test_cli_numeric_flags_are_checked_before_anything_is_written(tmp_path, capsys):
+    from edgecls.cli.data import cli
+
+    csv_file = tmp_path / "list.csv"
+    csv_file.write_text("http://127.0.0.1:9/a.png,cat\n")
+    out = tmp_path / "out"
+    for flags, message in ((["--timeout", "0"], "--timeout 0.0: must be greater than 0"),
+                           (["--retries", "-1"], "--retries -1: must be at least 0"),
+                           (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
+                           (["--workers", "0"], "--workers 0: must be at least 1")):
+        assert cli(["import", str(csv_file), "--out", str(out), *flags]) == 2
+        assert capsys.readouterr().err.startswith("error: " + message)
+    assert not out.exists()

@@ -132,3 +132,28 @@ def test_cli_errors_are_one_line(digits_dir, tmp_path):
     assert "counts checked before = after" in ok.stdout
     again = run_cmd(["-m", "edgecls.cli.main", "data", "split", str(root)])
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_cli_fractions_use_one_rule_for_split_and_demo_data(digits_dir, tmp_path, capsys):
+    from edgecls.cli.common import run_cli
+    from edgecls.cli.data import cli
+    from edgecls.data import demo
+
+    root = make_flat(digits_dir, tmp_path / "d", {"0": 4})
+    assert cli(["split", str(root), "--test-fraction", "-0.1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --test-fraction -0.1: must be at least 0 and less than 1")
+    out = tmp_path / "demo"
+    for flags, message in ((["--limit", "0"], "--limit 0: must be at least 1"),
+                           (["--limit", "-5"], "--limit -5: must be at least 1"),
+                           (["--val-fraction", "1.0"], "--val-fraction 1.0: must be greater than 0 and less than 1"),
+                           (["--val-fraction", "1.5"], "--val-fraction 1.5: must be greater than 0 and less than 1"),
+                           (["--val-fraction", "-0.5"], "--val-fraction -0.5: must be greater than 0 and less than 1"),
+                           (["--seed", "-1"], "--seed -1: must be at least 0")):
+        assert run_cli(demo.main, ["--out", str(out), "--source", "digits", *flags]) == 2
+        assert capsys.readouterr().err.startswith("error: " + message)
+    assert not out.exists()
+    # a high fraction of a tiny set still leaves every class a train/ image, as `data split` does
+    assert run_cli(demo.main, ["--out", str(out), "--source", "digits", "--limit", "12", "--val-fraction", "0.95"]) == 0
+    classes = {p.name for p in out.glob("*/*")}
+    assert {p.name for p in (out / "train").iterdir()} == classes
+    assert len(list(out.rglob("*.png"))) == 12

@@ -58,3 +58,30 @@ def test_cli_table_json_and_default_png(digits_dir, tmp_path):
     assert json.loads(out.read_text())["total"] == 1797
     res = run_cmd(["-m", "edgecls.cli.main", "data", "stats", str(tmp_path / "nope"), "--no-png"])
     assert res.returncode == 2 and res.stderr.startswith("error:")
+
+
+def test_existing_output_files_are_refused_before_counting_unless_force(digits_dir, tmp_path, capsys, monkeypatch):
+    import edgecls.data.tools.stats as stats_module
+    from edgecls.cli.data import cli
+
+    root = tmp_path / "flat"
+    shutil.copytree(digits_dir / "val" / "1", root / "1")
+    image = sorted((root / "1").iterdir())[0]
+    before = image.read_bytes()
+    counted = []
+    real_stats = stats_module.dataset_stats
+    monkeypatch.setattr(stats_module, "dataset_stats", lambda d: counted.append(d) or real_stats(d))
+    for flags in (["--png", str(image)], ["--no-png", "--json", str(image)]):
+        assert cli(["stats", str(root), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flags[-2]} {image}: already exists") and "--force" in err
+        assert image.read_bytes() == before and not counted  # refused before any counting
+    assert cli(["stats", str(root)]) == 0 and (root / "class_histogram.png").is_file()
+    assert cli(["stats", str(root)]) == 0  # the default chart is the tool's own: replaced
+    out = tmp_path / "s.json"
+    out.write_text("old")
+    assert cli(["stats", str(root), "--json", str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["total"] == len(list((root / "1").iterdir()))
+    with pytest.raises(SystemExit):
+        cli(["stats", "--help"])
+    assert "--force" in capsys.readouterr().out

@@ -126,3 +126,35 @@ def test_parallel_path_matches_serial(digits_dir):
     parallel = verify_dataset(digits_dir, workers=2, use_cache=False)
     assert serial["files"] == parallel["files"] == 1797
     assert serial["counts"] == parallel["counts"] and serial["duplicates"] == parallel["duplicates"]
+
+
+def test_each_copy_gets_its_own_kind_against_the_kept_file(digits_dir, tmp_path):
+    root = tmp_path / "copies"
+    for split, cls in (("train", "3"), ("train", "5"), ("val", "3"), ("val", "5")):
+        (root / split / cls).mkdir(parents=True)
+        for f in sorted((digits_dir / split / cls).iterdir())[:3]:
+            shutil.copy(f, root / split / cls / f.name)
+    kept = sorted((root / "train" / "3").iterdir())[0]
+    shutil.copy(kept, root / "train" / "3" / "z_twice.png")
+    shutil.copy(kept, root / "val" / "3" / "z_leak.png")
+    assert kinds_of(verify_dataset(root)) == {"z_twice.png": "duplicate", "z_leak.png": "leakage"}
+    shutil.copy(kept, root / "train" / "5" / "z_other_class.png")
+    shutil.copy(kept, root / "val" / "5" / "z_both.png")  # another class and another split: label-conflict wins
+    report = verify_dataset(root)
+    assert kinds_of(report) == {"z_twice.png": "duplicate", "z_leak.png": "leakage",
+                                "z_other_class.png": "label-conflict", "z_both.png": "label-conflict"}
+    (group,) = report["duplicates"]
+    assert group["kind"] == "label-conflict" and [f["kind"] for f in group["files"]] == [
+        None, "duplicate", "label-conflict", "leakage", "label-conflict"]
+    moved = quarantine(report, tmp_path / "q", kinds=("duplicate",))
+    assert [Path(m["from"]).name for m in moved] == ["z_twice.png"] and kept.is_file()
+
+
+def test_cli_numeric_flags_are_checked(messy, capsys):
+    from edgecls.cli.data import cli
+
+    for flags, message in ((["--workers", "0"], "error: --workers 0: must be at least 1"),
+                           (["--limit", "-1"], "error: --limit -1: must be at least 0"),
+                           (["--min-size", "0"], "error: --min-size 0: must be at least 1")):
+        assert cli(["verify", str(messy), *flags]) == 2
+        assert capsys.readouterr().err.startswith(message)

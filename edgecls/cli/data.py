@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from edgecls.cli.common import DefaultsHelpFormatter, parse_size, require_at_least, run_cli
+from edgecls.cli.common import DefaultsHelpFormatter, parse_size, require_at_least, require_in, run_cli
 from edgecls.errors import UserError
 
 FMT = DefaultsHelpFormatter
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move flagged files to QDIR/<same relative path> (never deletes, never overwrites)")
     g.add_argument("--quarantine-kinds", default="zero-byte,unsupported,corrupt,tiny,duplicate,leakage,label-conflict",
                    help="which problem kinds --quarantine moves (for duplicates, every copy but the first: "
-                        "train before val before test)")
+                        "train before val before test; each copy has its own kind against that first file)")
     g.add_argument("--strict", action="store_true", help="exit 1 when problems remain (for CI)")
 
     p = sub.add_parser("augment", allow_abbrev=False, formatter_class=FMT, help="offline augmentation to balance classes",
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize every written image (originals too) to HxW")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="OUT", help="output folder (must be empty, outside DIR)")
-    g.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    g.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out, replacing the augmented files of an earlier run there")
 
     p = sub.add_parser("import", allow_abbrev=False, formatter_class=FMT, help="download images listed as url,class,split",
                        description="Download the images of LIST.csv (url,class[,split]; header optional; split "
@@ -92,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--png", metavar="PATH", default=None, help="histogram file (default: DIR/class_histogram.png)")
     g.add_argument("--no-png", action="store_true", help="print the table only")
     g.add_argument("--json", metavar="PATH", default=None, help="also write the counts as JSON here")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing --png or --json file (without it, an existing file is refused)")
     return parser
 
 
 def _split(args) -> int:
     from edgecls.data.tools.split import format_split_report, split_dataset
 
+    require_in(args, {"val_fraction": "(0, 1)", "test_fraction": "[0, 1)"})
     result = split_dataset(args.dir, args.val_fraction, args.test_fraction, args.seed, move=args.move, force=args.force)
     print(format_split_report(result))
     return 0
@@ -106,7 +110,9 @@ def _split(args) -> int:
 def _verify(args) -> int:
     from edgecls.data.tools.verify_report import KINDS, format_report, quarantine, verify_dataset, write_json
 
-    require_at_least(args, {"min_size": 1})
+    require_at_least(args, {"min_size": 1, "limit": 0})
+    if args.workers is not None:
+        require_at_least(args, {"workers": 1})
     kinds = [k.strip() for k in args.quarantine_kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -126,6 +132,9 @@ def _verify(args) -> int:
 def _augment(args) -> int:
     from edgecls.data.tools.augment import augment_dataset, format_augment_report
 
+    require_at_least(args, {"target_per_class": 1, "seed": 0})
+    require_in(args, {"probability": "[0, 1]", "max_rotation": "[0, 180]", "crop_scale": "(0, 1]",
+                      "erase_area": "(0.02, 1)"})
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
     result = augment_dataset(args.dir, args.out, args.target_per_class, seed=args.seed, operations=ops,
                              probability=args.probability, max_rotation=args.max_rotation,
@@ -138,6 +147,8 @@ def _augment(args) -> int:
 def _import(args) -> int:
     from edgecls.data.tools.importer import format_import_report, import_images
 
+    require_at_least(args, {"retries": 0, "max_bytes": 1, "workers": 1})
+    require_in(args, {"timeout": "(0, inf)"})
     report = import_images(args.csv, args.out, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes,
                            workers=args.workers, report_path=args.report)
     print(format_import_report(report))
@@ -148,15 +159,18 @@ def _stats(args) -> int:
     from pathlib import Path
 
     from edgecls.data.tools import atomic_write_text
-    from edgecls.data.tools.stats import dataset_stats, format_stats, plot_histogram
+    from edgecls.data.tools.stats import dataset_stats, format_stats, plot_histogram, refuse_existing
 
+    png = None if args.no_png else Path(args.png) if args.png else Path(args.dir) / "class_histogram.png"
+    # the default chart is this tool's own file, replaced on each run; a path you name is checked
+    refuse_existing({"--json": Path(args.json) if args.json else None, "--png": png if args.png else None},
+                    force=args.force)
     stats = dataset_stats(args.dir)
     print(format_stats(stats))
     if args.json:
         atomic_write_text(json.dumps(stats, indent=2) + "\n", Path(args.json))
-    if not args.no_png:
-        png = plot_histogram(stats, args.png or Path(stats["root"]) / "class_histogram.png")
-        print(f"histogram: {png}")
+    if png is not None:
+        print(f"histogram: {plot_histogram(stats, png)}")
     return 0
 
 

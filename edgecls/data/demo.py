@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgecls.cli.common import require_at_least, require_in
 from edgecls.errors import UserError
 
 
@@ -34,13 +35,15 @@ def load_source(source: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation samples, the same fraction from each class."""
+    """Boolean mask of validation samples, the same fraction from each class (the sizes of `data split`)."""
+    from edgecls.data.tools.split import split_sizes
+
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(labels), bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        is_val[idx[: int(round(len(idx) * val_fraction))]] = True
+        is_val[idx[: split_sizes(len(idx), val_fraction, 0.0)[1]]] = True
     return is_val
 
 
@@ -52,7 +55,7 @@ def build_demo_dataset(
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: already exists and is not empty; remove it or choose another --out")
     images, labels = load_source(source)
-    if limit:
+    if limit is not None:
         keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
         images, labels = images[keep], labels[keep]
     is_val = stratified_split(labels, val_fraction, seed)
@@ -68,10 +71,13 @@ def main(argv=None) -> int:
                                      description="Write the bundled demo digits as an image-folder dataset.")
     parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
     parser.add_argument("--source", default="mnist", choices=["mnist", "digits"], help="(default: mnist)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="(default: 0.2)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of each class for val/, between 0 and 1 exclusive (default: 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    parser.add_argument("--limit", type=int, default=None, help="keep only N images (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="keep only N images, N >= 1 (default: all)")
     args = parser.parse_args(argv)
+    require_at_least(args, {"seed": 0} if args.limit is None else {"limit": 1, "seed": 0})
+    require_in(args, {"val_fraction": "(0, 1)"})
     out = build_demo_dataset(args.out, args.source, args.val_fraction, args.seed, args.limit)
     print(f"wrote demo dataset to {out}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from edgecls.errors import UserError
 
 OPERATIONS = ("distort", "hflip", "vflip", "rotate", "crop", "erase")
 DEFAULT_OPERATIONS = ("distort", "hflip", "rotate", "crop", "erase")
+AUGMENTED_NAME = re.compile(r"(.+)_aug\d{5,}\.png")  # <original stem>_aug00000.png, maybe behind x's
 
 
 def distort(img: Image.Image, rng: np.random.Generator, grid: int = 4, magnitude: float = 0.08) -> Image.Image:
@@ -160,6 +162,8 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
     """
     if target_per_class < 1:
         raise UserError(f"--target-per-class {target_per_class}: must be at least 1")
+    if not 0 <= probability <= 1:
+        raise UserError(f"--probability {probability}: must be between 0 and 1")
     bad_ops = [op for op in operations if op not in OPERATIONS]
     if bad_ops or not operations:
         raise UserError(f"--ops {','.join(operations)}: choose from {','.join(OPERATIONS)}")
@@ -180,6 +184,7 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
 
     counts: dict[str, dict[str, int]] = {}
     skipped: list[tuple[str, str]] = []
+    replaced = 0
     for _split, (in_root, out_root) in jobs.items():
         classes = sorted(e.name for e in in_root.iterdir() if e.is_dir() and not e.name.startswith("."))
         for cls in classes:
@@ -187,6 +192,8 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
             verdicts = verify_files([str(p) for p in files], workers=workers)
             good = [p for p in files if verdicts[str(p)] is None]
             skipped += [(str(p), verdicts[str(p)]) for p in files if verdicts[str(p)] is not None]
+            if force:
+                replaced += remove_earlier_augmented(out_root / cls, files, in_root / cls)
             counts[cls] = _augment_class(cls, good, in_root / cls, out_root / cls, target_per_class, seed,
                                          dict(operations=tuple(operations), probability=probability,
                                               max_rotation=max_rotation, crop_scale=crop_scale,
@@ -196,7 +203,31 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
             _write_original(path, out_root / path.relative_to(in_root), resize)
     return {"src": str(src), "out": str(out), "target_per_class": target_per_class, "seed": seed,
             "operations": list(operations), "counts": counts, "skipped": skipped,
-            "copied_splits": sorted(plain)}
+            "copied_splits": sorted(plain), "replaced": replaced}
+
+
+def is_augmented_name(name: str, stems: set[str]) -> bool:
+    """True for a name this tool gives a new image: `<stem>_aug00000.png`, `x<stem>_aug...`, of one of `stems`."""
+    match = AUGMENTED_NAME.fullmatch(name)
+    stem = match.group(1) if match else None
+    while stem is not None:
+        if stem in stems:
+            return True
+        stem = stem[1:] if stem.startswith("x") else None
+    return False
+
+
+def remove_earlier_augmented(out_dir: Path, sources: list[Path], in_dir: Path) -> int:
+    """Delete the images an earlier run wrote for these sources into out_dir (never an original); the count."""
+    if not out_dir.is_dir():
+        return 0
+    stems = {p.stem for p in sources}
+    originals = {p.relative_to(in_dir).as_posix() for p in sources}
+    stale = [e for e in out_dir.iterdir()
+             if e.is_file() and e.name not in originals and is_augmented_name(e.name, stems)]
+    for path in stale:
+        path.unlink()
+    return len(stale)
 
 
 def _write_original(path: Path, dest: Path, resize: tuple[int, int] | None) -> None:
@@ -244,6 +275,9 @@ def format_augment_report(result: dict) -> str:
         lines.append(f"{cls:<{width}}  {row['original']:>8}  {row['augmented']:>9}  {row['original'] + row['augmented']:>6}")
     lines.append(f"wrote {result['out']} (target {result['target_per_class']} per class, seed {result['seed']}, "
                  f"ops {','.join(result['operations'])}); the source folder was not changed")
+    if result.get("replaced"):
+        lines.append(f"replaced {result['replaced']} augmented file(s) of an earlier run (--force); "
+                     "originals and other files in the output folder were kept")
     if result["copied_splits"]:
         lines.append(f"copied {', '.join(s + '/' for s in result['copied_splits'])} unchanged (never augmented)")
     if result["skipped"]:

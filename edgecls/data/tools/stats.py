@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from edgecls.atomic import atomic_path
 from edgecls.data.tools import class_files, detect_layout, visible_subdirs
+from edgecls.errors import UserError
 
 
 def dataset_stats(root: str | os.PathLike) -> dict:
@@ -22,6 +23,14 @@ def dataset_stats(root: str | os.PathLike) -> dict:
     return {"root": str(layout.root), "layout": layout.kind, "splits": list(counts), "classes": classes,
             "counts": counts, "totals": totals, "total": sum(totals.values()),
             "imbalance": round(max(nonzero) / min(nonzero), 3) if nonzero else None}
+
+
+def refuse_existing(outputs: dict[str, Path | None], force: bool = False) -> None:
+    """Stop before any work when an output file (flag -> path; None: not written) exists, unless force."""
+    for flag, path in outputs.items():
+        if path is not None and not force and os.path.lexists(path):
+            raise UserError(f"{flag} {path}: already exists (it may be one of your images); "
+                            f"pass --force to replace it or give another {flag}")
 
 
 def plot_histogram(stats: dict, png_path: str | os.PathLike) -> Path:
@@ -49,15 +58,8 @@ def plot_histogram(stats: dict, png_path: str | os.PathLike) -> Path:
         ax.legend(loc="upper right", ncol=len(splits))
         fig.tight_layout()
         png_path = Path(png_path)
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=png_path.parent, prefix=".tmp-", suffix=".png")
-        os.close(fd)
-        try:
+        with atomic_path(png_path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, png_path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
     finally:
         plt.close(fig)
     return png_path

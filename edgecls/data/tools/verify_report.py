@@ -2,8 +2,9 @@
 
 Per file: zero-byte, unsupported extension, corrupt (does not decode) and tiny (a side
 below `min_size`). Across files: duplicates by content hash (sha1 of the bytes, optionally
-of the decoded pixels), reported as leakage when one image sits in two splits and as a label
-conflict when it sits in two classes. Per dataset: class counts, imbalance and image sizes.
+of the decoded pixels); each copy but the kept one is a label conflict when its class differs
+from the kept file's, else leakage when its split differs, else a duplicate. Per dataset:
+class counts, imbalance and image sizes.
 Decoding reuses `edgecls.data.verify.verify_files` (parallel over cores, cached); hashing and
 size reading run in the same kind of process pool. `--quarantine` moves flagged files out of
 the dataset, keeping their relative path; nothing is ever deleted or overwritten.
@@ -29,6 +30,7 @@ from edgecls.data.verify import _load_cache, _save_cache, _stamp, cache_dir, ver
 from edgecls.errors import UserError
 
 KINDS = ("zero-byte", "unsupported", "corrupt", "tiny", "stray", "duplicate", "leakage", "label-conflict")
+DUPLICATE_KINDS = ("duplicate", "leakage", "label-conflict")  # least to most severe
 SPLIT_ORDER = {"train": 0, "all": 0, "val": 1, "test": 2}
 
 
@@ -143,9 +145,9 @@ def verify_dataset(root: str | os.PathLike, min_size: int = 8, pixel_hash: bool 
     for group in duplicates:
         for extra in group["files"][1:]:
             problems.append({"path": extra["path"], "split": extra["split"], "class": extra["class"],
-                             "kind": group["kind"], "reason": f"same content as {group['files'][0]['path']}"})
+                             "kind": extra["kind"], "reason": f"same content as {group['files'][0]['path']}"})
 
-    redundant = {p["path"] for p in problems if p["kind"] in ("duplicate", "leakage", "label-conflict")}
+    redundant = {p["path"] for p in problems if p["kind"] in DUPLICATE_KINDS}
     counts = {split: {cls: 0 for cls in names} for split, names in classes.items()}
     for f in good:
         if f["path"] not in redundant:
@@ -169,8 +171,18 @@ def verify_dataset(root: str | os.PathLike, min_size: int = 8, pixel_hash: bool 
     }
 
 
+def copy_kind(copy: dict, kept: dict) -> str:
+    """How a copy relates to the file kept: another class wins over another split, else a plain duplicate."""
+    if copy["class"] != kept["class"]:
+        return "label-conflict"
+    return "leakage" if copy["split"] != kept["split"] else "duplicate"
+
+
 def find_duplicates(good: list[dict]) -> list[dict]:
-    """Groups of identical files, the one to keep first (train before val before test, then by path)."""
+    """Groups of identical files, the one to keep first (train before val before test, then by path).
+
+    Every other copy gets its own kind against the kept file; the group's kind is the most severe.
+    """
     by_hash: dict[str, list[dict]] = defaultdict(list)
     for f in good:
         by_hash[f["sha1"]].append(f)
@@ -179,14 +191,10 @@ def find_duplicates(good: list[dict]) -> list[dict]:
         if len(members) < 2:
             continue
         members.sort(key=lambda f: (SPLIT_ORDER.get(f["split"], 9), f["path"]))
-        if len({f["class"] for f in members}) > 1:
-            kind = "label-conflict"
-        elif len({f["split"] for f in members}) > 1:
-            kind = "leakage"
-        else:
-            kind = "duplicate"
-        groups.append({"kind": kind, "sha1": digest,
-                       "files": [{"path": f["path"], "split": f["split"], "class": f["class"]} for f in members]})
+        files = [{"path": f["path"], "split": f["split"], "class": f["class"],
+                  "kind": copy_kind(f, members[0]) if i else None} for i, f in enumerate(members)]
+        kind = max((f["kind"] for f in files[1:]), key=DUPLICATE_KINDS.index)
+        groups.append({"kind": kind, "sha1": digest, "files": files})
     groups.sort(key=lambda g: g["files"][0]["path"])
     return groups
 
