@@ -38,8 +38,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def image_error_reason(exc: BaseException) -> str:
+def image_error_reason(exc: BaseException, path=None) -> str:
     """A short user-facing reason for a file that failed to decode (matches check_image's words)."""
+    if path is not None and _is_empty_file(path):
+        return "zero-byte file"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"too many pixels (over {MAX_PIXELS:,})"
     if isinstance(exc, FileNotFoundError):
@@ -49,6 +51,13 @@ def image_error_reason(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "unreadable: permission denied"
     return f"corrupt or truncated: {exc}"
+
+
+def _is_empty_file(path) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _sniff_kind(path: Path) -> str:
@@ -112,10 +121,28 @@ class _TorchRunner:
         return probs.cpu().numpy()
 
 
+def _static_hw(shape) -> tuple[int, int] | None:
+    """(H, W) of an N x 3 x H x W input whose spatial dims are fixed numbers; None when either is symbolic."""
+    hw = list(shape[2:4]) if shape is not None and len(shape) == 4 else []
+    if len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw):
+        return hw[0], hw[1]
+    return None
+
+
+def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
+    """A one-line error when a fixed-size graph is asked to take another input size."""
+    if fixed is None or tuple(size) == tuple(fixed):
+        return
+    h, w = fixed
+    raise UserError(f"--input-size {size[0]}x{size[1]}: {path} takes a fixed {h}x{w} input; drop --input-size "
+                    f"or pass --input-size {h}x{w}")
+
+
 class _OnnxRunner:
     def __init__(self, session, softmax_applied: bool, fixed_batch_one: bool):
         self.session = session
         self.input_name = session.get_inputs()[0].name
+        self.fixed_hw = _static_hw(session.get_inputs()[0].shape)
         self.softmax_applied = softmax_applied
         self.fixed_batch_one = fixed_batch_one
 
@@ -229,15 +256,22 @@ class Predictor:
             _check_class_count(outputs, class_names, f"ONNX model {p}")
         elif class_names is not None:
             _check_class_count(len(meta["classes"]), class_names, f"ONNX model {p}")
+        fixed = _static_hw(inp.shape)
+        if preprocess is not None:
+            check_input_size(p, fixed, preprocess.input_size)
         prep = preprocess or meta["preprocess"]
-        hw = inp.shape[2:]
-        if all(isinstance(v, int) for v in hw) and tuple(hw) != tuple(prep.input_size):
-            raise UserError(f"{p}: the graph takes {hw[0]}x{hw[1]} input but the preprocessing says "
-                            f"{prep.input_size[0]}x{prep.input_size[1]}; fix --input-size")
+        if fixed is not None and tuple(fixed) != tuple(prep.input_size):
+            raise UserError(f"{p}: the graph takes {fixed[0]}x{fixed[1]} input but its metadata says "
+                            f"{prep.input_size[0]}x{prep.input_size[1]}; re-export it with pytorch2onnx.py")
         fixed_one = isinstance(inp.shape[0], int) and inp.shape[0] == 1
         runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one)
         return cls(runner, classes=class_names or meta["classes"], preprocess=prep, backbone=meta["backbone"],
                    kind="onnx", path=str(p), device=device)
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """(H, W) an ONNX graph is fixed to; None for checkpoints and symbolic (dynamic) sizes."""
+        return getattr(self._run, "fixed_hw", None)
 
     # ---------------------------------------------------------------- predicting
     def preprocess_image(self, img: Image.Image) -> np.ndarray:
@@ -274,7 +308,7 @@ class Predictor:
             img = load_rgb(path)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
                 Image.DecompressionBombError) as exc:
-            return None, image_error_reason(exc)
+            return None, image_error_reason(exc, path)
         return self.preprocess_image(img), None
 
     def predict_paths(self, paths: Iterable, batch_size: int = 32, workers: int | None = None

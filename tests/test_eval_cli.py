@@ -129,7 +129,7 @@ def test_results_txt_is_appended(preds_dir, gts_by_name, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["malformed_json", "wrong_shape", "missing_class_map", "no_overlap", "mixed_modes",
-                                  "missing_gts"])
+                                  "missing_gts", "save_dir_is_a_file"])
 def test_end_to_end_errors_name_the_problem(case, preds_dir, gts_by_name, tmp_path):
     import shutil
 
@@ -160,6 +160,10 @@ def test_end_to_end_errors_name_the_problem(case, preds_dir, gts_by_name, tmp_pa
     elif case == "missing_gts":
         gts = tmp_path / "none.json"
         expect = "file not found"
+    elif case == "save_dir_is_a_file":
+        (tmp_path / "results").write_text("mine")
+        args = ["--save-dir", str(tmp_path / "results")]
+        expect = "results: is a file; give a folder"
     r = run_cmd(["eval_utils/eval.py", "--preds", str(preds), "--gts", str(gts), "--save-dir", str(tmp_path), *args])
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert expect in r.stderr and "Traceback" not in r.stderr
@@ -199,3 +203,46 @@ def test_dataset_mode_reports_unreadable_images(trained_ckpt, digits_dir, tmp_pa
     assert rep["per_class"]["support"][2:] == [0] * 8  # classes without a folder still have a row
     bad = run_cmd(["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(tmp_path / "nope")])
     assert bad.returncode == 2 and "no such folder" in bad.stderr
+
+
+@pytest.mark.parametrize("listed", [1, 2])
+def test_end_to_end_topk_capped_at_labels_listed(listed, preds_dir, gts_by_name, tmp_path):
+    short = tmp_path / "short"
+    short.mkdir()
+    for f in preds_dir.glob("*.json"):  # what inference.py --topk LISTED writes
+        rec = json.loads(f.read_text())
+        (short / f.name).write_text(json.dumps({"img_path": rec["img_path"], "0_0": rec["0_0"][:listed]}))
+    r, rep = run_e2e(short, gts_by_name, tmp_path, "--topk", "5")
+    assert r.returncode == 0, r.stderr
+    assert list(rep["topk"]) == [f"top{k}" for k in range(1, listed + 1)]
+    warnings = [line for line in r.stderr.splitlines() if "--topk" in line]
+    assert len(warnings) == 1 and f"only {listed} label(s)" in warnings[0] and warnings[0].startswith("warning: ")
+    _, full = run_e2e(preds_dir, gts_by_name, tmp_path / "full")
+    assert rep["topk"] == {k: v for k, v in full["topk"].items() if int(k[3:]) <= listed}
+    r, _ = run_e2e(short, gts_by_name, tmp_path / "asked", "--topk", str(listed))
+    assert r.returncode == 0 and "--topk" not in r.stderr  # asked for no more than listed: no warning
+
+
+def test_dataset_mode_input_size_other_than_fixed_onnx(trained_ckpt, digits_dir, tmp_path):
+    from test_predict import export_onnx
+
+    onnx_path = export_onnx(trained_ckpt, tmp_path / "m.onnx")
+    r = run_cmd(["eval_utils/eval.py", "--onnx", str(onnx_path), "--data-dir", str(digits_dir), "--input-size", "64",
+                 "--save-dir", str(tmp_path)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == (f"error: --input-size 64x64: {onnx_path} takes a fixed 32x32 input; drop --input-size "
+                                "or pass --input-size 32x32")
+
+
+def test_dataset_mode_zero_byte_reason_and_no_progress_bar_when_piped(trained_ckpt, digits_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "val" / "2", data / "val" / "2")
+    (data / "val" / "2" / "empty.png").write_bytes(b"")
+    r = run_cmd(["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(data), "--save-dir",
+                 str(tmp_path)])  # stderr is a pipe: no bar even without --no-progress
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    rep = json.loads((tmp_path / "eval_results.json").read_text())
+    assert rep["problems"]["unreadable"] == [{"path": str(data / "val" / "2" / "empty.png"), "reason": "zero-byte file"}]

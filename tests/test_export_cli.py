@@ -155,3 +155,44 @@ def test_edgecls_export_subcommand(tmp_path):
                     "--verify-count", "4", "--input-size", "64x32"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1x3x64x32" in proc.stdout
+
+
+def test_int8_path_same_as_save_path_refused_up_front(tmp_path, digits_dir):
+    ckpt = _ckpt(tmp_path)
+    out = tmp_path / "m.onnx"
+    for int8 in (str(out), str(tmp_path / "sub" / ".." / "m.onnx")):
+        _user_error(run_cmd(["pytorch2onnx.py", "--snapshot", str(ckpt), "--save-path", str(out), "--quantize", "int8",
+                             "--calib-dir", str(digits_dir / "train"), "--int8-save-path", int8]),
+                    "--int8-save-path", "same file as --save-path")
+        assert not out.exists()
+    before = ckpt.read_bytes()
+    _user_error(run_cmd(["pytorch2onnx.py", "--snapshot", str(ckpt), "--save-path", str(ckpt), "--force"]),
+                "--save-path", "is the --snapshot checkpoint itself")
+    _user_error(run_cmd(["pytorch2onnx.py", "--snapshot", str(ckpt), "--save-path", str(out), "--int8-save-path",
+                         str(tmp_path / "q.onnx")]), "--int8-save-path: only used with --quantize int8")
+    assert ckpt.read_bytes() == before and not out.exists()
+
+
+def test_bad_calibration_folder_refused_before_writing(tmp_path):
+    ckpt = _ckpt(tmp_path)
+    out = tmp_path / "m.onnx"
+    empty = tmp_path / "calib"
+    (empty / "3").mkdir(parents=True)
+    (empty / "3" / "notes.txt").write_text("not an image")
+    (empty / "3" / "broken.png").write_bytes(b"\x89PNG not really")
+    args = ["pytorch2onnx.py", "--snapshot", str(ckpt), "--save-path", str(out), "--quantize", "int8", "--calib-dir",
+            str(empty)]
+    for _ in range(2):  # the rerun gives the same answer: nothing was written the first time
+        _user_error(run_cmd(args), f"--calib-dir {empty}: no readable images")
+        assert not out.exists() and not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_count_flags_must_be_positive(tmp_path):
+    ckpt = str(_ckpt(tmp_path))
+    _user_error(run_cmd(["pytorch2onnx.py", "--snapshot", ckpt, "--verify-count", "-3"]), "--verify-count -3: must be at least 1")
+    _user_error(run_cmd(["pytorch2onnx.py", "--snapshot", ckpt, "--quantize", "int8", "--calib-dir", str(tmp_path),
+                         "--calib-count", "0"]), "--calib-count 0: must be at least 1")
+    assert not (tmp_path / "fp.onnx").exists()
+    help_text = " ".join(run_cmd(["pytorch2onnx.py", "--help"]).stdout.split())
+    assert "--verify-count VERIFY_COUNT at most this many verification images" in help_text
+    assert "--calib-count CALIB_COUNT at most this many calibration images" in help_text

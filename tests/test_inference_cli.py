@@ -142,3 +142,86 @@ def test_collect_images_and_unique_json_names(tmp_path):
     used: set[str] = set()
     names = [json_name_for(p, str(tmp_path), used) for p in found]
     assert names == ["a__x.png.json", "b__x.png.json"]
+
+
+def test_single_image_refuses_existing_output_unless_force_and_never_the_input(trained_ckpt, small_val, tmp_path):
+    img = tmp_path / "x.png"
+    shutil.copy(sorted((small_val / "2").iterdir())[0], img)
+    original = img.read_bytes()
+    base = ["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(img)]
+    for extra in ([], ["--force"]):  # the input image is never an output, not even with --force
+        r = run_cmd([*base, "--save-path", str(img), *extra])
+        assert r.returncode == 2 and "input image" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert img.read_bytes() == original
+    save = tmp_path / "result.json"
+    save.write_text("user's notes")
+    r = run_cmd([*base, "--save-path", str(save)])
+    assert r.returncode == 2 and "already exists" in r.stderr and "--force" in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and save.read_text() == "user's notes"
+    r = run_cmd([*base, "--save-path", str(save), "--force"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(save.read_text())["img_path"] == str(img)
+    r = run_cmd([*base, "--save-path", str(save)])  # a rerun replaces its own earlier record without --force
+    assert r.returncode == 0 and json.loads(save.read_text())["img_path"] == str(img), r.stderr
+
+
+def test_force_replaces_only_prediction_files(trained_ckpt, small_val, tmp_path):
+    out = tmp_path / "preds"
+    args = ["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val / "5"), "--save-path", str(out)]
+    assert run_cmd(args).returncode == 0
+    stale = out / "old__image.png.json"  # an earlier run's record for an image no longer in the input
+    stale.write_text(json.dumps({"img_path": "old/image.png", "0_0": [[0.9, "5"]]}))
+    keep = {"gts.json": '{"a.png": "5"}', "config.json": "not even JSON", "notes.txt": "mine"}
+    for name, text in keep.items():
+        (out / name).write_text(text)
+    r = run_cmd([*args, "--force"])
+    assert r.returncode == 0, r.stderr
+    for name, text in keep.items():
+        assert (out / name).read_text() == text
+    assert not stale.exists() and "2 other JSON file(s)" in r.stderr  # warned: eval --preds reads every .json
+    assert len([f for f in out.glob("*.json") if f.name not in keep]) == 3
+    # unrelated files alone are not "an earlier run": no --force needed
+    for f in out.glob("*.png.json"):
+        f.unlink()
+    (out / "summary.csv").unlink()
+    assert run_cmd(args).returncode == 0
+
+
+def test_input_size_other_than_a_fixed_onnx_graph_is_refused(trained_ckpt, small_val, tmp_path):
+    import onnx
+    from test_predict import export_onnx
+
+    fixed = export_onnx(trained_ckpt, tmp_path / "fixed.onnx")  # fixed 32x32, dynamic batch
+    img = str(sorted((small_val / "4").iterdir())[0])
+    for path in (img, str(small_val)):
+        r = run_cmd(["inference.py", "--onnx", str(fixed), "--img-path", path, "--save-path", str(tmp_path / "o.json"),
+                     "--input-size", "64"])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "fixed 32x32" in r.stderr and "drop --input-size" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cmd(["inference.py", "--onnx", str(fixed), "--img-path", img, "--save-path", str(tmp_path / "ok.json"),
+                 "--input-size", "32x32"])
+    assert r.returncode == 0, r.stderr
+    # symbolic H and W: any --input-size is accepted
+    proto = onnx.load(str(fixed))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    onnx.save(proto, str(tmp_path / "dyn.onnx"))
+    r = run_cmd(["inference.py", "--onnx", str(tmp_path / "dyn.onnx"), "--img-path", img, "--save-path",
+                 str(tmp_path / "dyn.json"), "--input-size", "32"])
+    assert r.returncode == 0, r.stderr
+
+
+def test_zero_byte_image_named_as_such_and_no_progress_bar_when_piped(trained_ckpt, small_val, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(empty), "--save-path",
+                 str(tmp_path / "e.json")])
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {empty}: zero-byte file", r.stderr
+    folder = tmp_path / "imgs"
+    shutil.copytree(small_val / "6", folder)
+    (folder / "empty.png").write_bytes(b"")
+    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(folder), "--save-path",
+                 str(tmp_path / "out")])  # stderr is a pipe here: no bar even without --no-progress
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == f"warning: {folder / 'empty.png'}: zero-byte file (skipped)"

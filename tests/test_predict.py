@@ -197,3 +197,26 @@ def test_predict_arrays_rejects_wrong_shape(trained_ckpt):
     with pytest.raises(UserError, match="expected N x 3 x 32 x 32"):
         pred.predict_arrays(np.zeros((2, 3, 56, 32), np.float32))
     assert pred.predict_images([]).shape == (0, 10)
+
+
+def test_zero_byte_file_reason(trained_ckpt, digits_dir, tmp_path):
+    pred = Predictor.from_path(trained_ckpt)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    good, _ = val_images(digits_dir, per_class=1)
+    got = list(pred.predict_paths([good[0], str(empty)], batch_size=2, workers=1))
+    assert got[0][2] is None and got[1][2] == "zero-byte file"  # the words train and `data verify` use
+
+
+def test_fixed_onnx_input_size(onnx_file, tmp_path):
+    from edgecls.data.presets import Preprocess
+
+    pred = Predictor.from_path(onnx_file)
+    assert pred.fixed_input_size == (32, 32)
+    with pytest.raises(UserError, match="fixed 32x32 input; drop --input-size or pass --input-size 32x32"):
+        Predictor.from_path(onnx_file, preprocess=Preprocess((64, 64), "kneron"))
+    proto = onnx.load(str(onnx_file))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "h", "w"
+    onnx.save(proto, str(tmp_path / "dyn.onnx"))
+    assert Predictor.from_path(tmp_path / "dyn.onnx").fixed_input_size is None

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
                                 run_cli)
+from edgecls.atomic import atomic_path, atomic_write_text
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
@@ -54,13 +55,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--class_id_path", "--class-id-path", dest="class_id_path", default=None,
                    help="class map {\"0\": name, ...} (dataset mode: overrides the model's names; end-to-end: "
                         "fixes the class list and order, default: the labels found, sorted)")
-    g.add_argument("--topk", type=int, default=5, help="report top-1 .. top-K accuracy")
+    g.add_argument("--topk", type=int, default=5, help="report top-1 .. top-K accuracy (end-to-end: at most the "
+                                                        "number of labels each prediction file lists)")
     g.add_argument("--save-dir", default=".", help="folder for eval_results.txt (appended), eval_results.json, "
                                                   "confusion_matrix.png")
     g.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 for the CPU")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     g.add_argument("--workers", type=int, default=None, help="decode threads (default: min(4, CPU count))")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown only when stderr is a terminal)")
     return p
 
 
@@ -101,9 +104,7 @@ def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, i
 
 
 def run_dataset_mode(args) -> dict:
-    from tqdm import tqdm
-
-    from edgecls.cli.inference import load_predictor
+    from edgecls.cli.inference import load_predictor, progress_bar
 
     predictor = load_predictor(args)
     folder = split_folder(args.data_dir, args.split)
@@ -111,7 +112,7 @@ def run_dataset_mode(args) -> dict:
     labels = dict(samples)
     y_true, rows, kept_paths = [], [], []
     unreadable = list(skipped)
-    with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not args.progress, file=sys.stderr) as bar:
+    with progress_bar(len(samples), args.progress, desc="evaluate") as bar:
         for path, probs, error in predictor.predict_paths([p for p, _ in samples], batch_size=args.batch_size,
                                                           workers=args.workers):
             bar.update(1)
@@ -246,6 +247,7 @@ def run_end_to_end_mode(args) -> dict:
         for score, label in ranked:
             col = label_index(label, classes, index, f"--preds {file}")
             scores[row, col] = max(scores[row, col], float(score))
+    listed = int(np.isfinite(scores).sum(axis=1).min())
     for path in no_pred[:LIST_LIMIT]:
         print(f"warning: no prediction for ground-truth image {path}", file=sys.stderr)
     for path in no_gt[:LIST_LIMIT]:
@@ -258,7 +260,20 @@ def run_end_to_end_mode(args) -> dict:
         "scores": scores,
         "paths": [gts[k][0] for k in matched],
         "problems": {"missing_prediction": no_pred, "missing_ground_truth": no_gt},
+        "labels_per_image": listed,
     }
+
+
+def reported_topk(args, result: dict) -> int:
+    """--topk, capped at the fewest labels a prediction file lists (beyond that, top-K would equal top-(K-1))."""
+    k = min(args.topk, len(result["classes"]))
+    listed = result.get("labels_per_image")
+    if listed is None or listed >= k:
+        return k
+    shown = "top-1 only" if listed == 1 else f"top-1..top-{listed}"
+    print(f"warning: --topk {args.topk}: some prediction files in --preds list only {listed} label(s); reporting "
+          f"{shown} (rerun inference.py with --topk {k} for more)", file=sys.stderr)
+    return listed
 
 
 # --------------------------------------------------------------------------- reporting
@@ -318,15 +333,14 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > top / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]:
-    from edgecls.data.tools import atomic_write_text
-
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = format_report(result, report)
@@ -344,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_with_config(get_args_parser(), argv)
     require_at_least(args, {"topk": 1})
+    if Path(args.save_dir).exists() and not Path(args.save_dir).is_dir():
+        raise UserError(f"--save-dir {args.save_dir}: is a file; give a folder for the results")
     e2e = bool(args.preds or args.gts)
     dataset = bool(args.snapshot or args.onnx or args.data_dir)
     if e2e and dataset:
@@ -358,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_dataset_mode(args)
     else:
         raise UserError("nothing to evaluate: give --snapshot/--onnx with --data-dir, or --preds with --gts")
-    report = classification_report(result["y_true"], result["scores"], len(result["classes"]), topk=args.topk)
+    report = classification_report(result["y_true"], result["scores"], len(result["classes"]),
+                                   topk=reported_topk(args, result))
     if report["num_images"] == 0:
         raise UserError("no image could be evaluated; see the unreadable files listed above")
     out, text = write_outputs(result, report, args.save_dir)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgecls.cli.common import DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, run_cli
+from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
+                                run_cli)
 from edgecls.export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 
@@ -43,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--profile", default="kl520", help="chip profile: kl520, kl720, generic, or a profile .yaml")
     check.add_argument("--verify-dir", default=None,
                        help="images to compare ONNX Runtime with PyTorch on (default: the run's val/ images, else generated)")
-    check.add_argument("--verify-count", type=int, default=200, help="at most this many verification images")
+    check.add_argument("--verify-count", type=int, default=200,
+                       help="at most this many verification images, spread over the folder (at most 32 generated)")
 
     q = p.add_argument_group("INT8")
     q.add_argument("--quantize", choices=["int8"], default=None, help="also write an INT8 (QDQ) model")
     q.add_argument("--calib-dir", default=None, help="calibration images (e.g. DATASET/train)")
-    q.add_argument("--calib-count", type=int, default=100, help="number of calibration images")
+    q.add_argument("--calib-count", type=int, default=100,
+                   help="at most this many calibration images, spread over --calib-dir")
     q.add_argument("--int8-save-path", default=None, help="INT8 output (default: SAVE_PATH with .int8.onnx)")
     return p
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.export.pipeline import ExportOptions, run_export
 
     args = parse_with_config(build_parser(), argv)
+    require_at_least(args, {"verify_count": 1, "calib_count": 1})
     opts = ExportOptions(**{k: v for k, v in vars(args).items() if k != "config"})
     result = run_export(opts)
     print(result.summary())

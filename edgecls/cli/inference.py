@@ -25,6 +25,7 @@ from edgecls.data.tools import atomic_write_text
 from edgecls.errors import UserError
 
 SUMMARY_NAME = "summary.csv"
+MAX_PREDICTION_BYTES = 16 * 2**20  # a larger .json is not one of our records (all of 100k classes is ~4 MB)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,8 +41,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="JSON file for one image; for many images the folder <save-path minus .json> gets one JSON "
                         "per image and summary.csv")
     g.add_argument("--topk", type=int, default=5, help="classes listed per image (capped at the class count)")
-    g.add_argument("--force", action="store_true", help="replace prediction files left in the output folder by an earlier run")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing --save-path file, or the prediction files an earlier run left in the "
+                        "output folder (other files are kept)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown only when stderr is a terminal)")
 
     g = p.add_argument_group("model")
     g.add_argument("--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone")
@@ -103,7 +107,7 @@ def build_preprocess_override(args, base: Preprocess | None) -> Preprocess | Non
 def load_predictor(args):
     """The Predictor for --snapshot or --onnx, with the CLI's overrides applied."""
     from edgecls.data.classmap import read_class_map
-    from edgecls.predict import Predictor
+    from edgecls.predict import Predictor, check_input_size
 
     if bool(args.snapshot) == bool(args.onnx):
         raise UserError("give exactly one model: --snapshot CHECKPOINT.pth or --onnx MODEL.onnx")
@@ -120,6 +124,7 @@ def load_predictor(args):
         return Predictor.from_path(args.onnx, preprocess=override, **kw)
     if override is not None:  # flags change only what they name; the rest stays as stored
         predictor.preprocess = build_preprocess_override(args, predictor.preprocess)
+        check_input_size(predictor.path, predictor.fixed_input_size, predictor.preprocess.input_size)
     return predictor
 
 
@@ -133,19 +138,50 @@ def output_folder(save_path: str) -> Path:
     return p.with_suffix("") if p.suffix.lower() == ".json" else p
 
 
+def check_single_output(save_path: Path, img_path: str, force: bool) -> None:
+    """Never write over the input image; replace an earlier prediction record freely (a rerun), any other
+    existing file only with --force."""
+    if not save_path.exists() or save_path.is_dir():  # a folder is the writer's to refuse
+        return
+    if os.path.samefile(save_path, img_path):
+        raise UserError(f"--save-path {save_path}: this is the input image; choose another --save-path")
+    if not force and not is_prediction_file(save_path):
+        raise UserError(f"--save-path {save_path}: already exists and is not a prediction record; pass --force "
+                        "to replace it or choose another --save-path")
+
+
+def is_prediction_file(path: Path) -> bool:
+    """A JSON file holding one prediction record as inference.py writes it (docs/ARCHITECTURE.md)."""
+    try:
+        if path.stat().st_size > MAX_PREDICTION_BYTES:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"img_path", "0_0"} and isinstance(data["0_0"], list)
+
+
 def prepare_output_folder(folder: Path, force: bool) -> None:
-    """Refuse to mix with an earlier run's files (eval would read them) unless --force removes them."""
+    """Refuse to mix with an earlier run's files (eval would read them) unless --force removes them.
+
+    Only prediction records and summary.csv count as an earlier run's; other files are never touched.
+    """
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--save-path: {folder} exists and is not a folder; choose another --save-path")
     if not folder.is_dir():
         folder.mkdir(parents=True)
         return
-    old = [f for f in folder.iterdir() if f.suffix == ".json" or f.name == SUMMARY_NAME]
+    entries = [f for f in sorted(folder.iterdir()) if f.is_file()]
+    old = [f for f in entries if f.name == SUMMARY_NAME or (f.suffix == ".json" and is_prediction_file(f))]
+    other = [f for f in entries if f.suffix == ".json" and f not in old]
     if old and not force:
         raise UserError(f"--save-path: {folder} already holds {len(old)} prediction file(s) from an earlier run; "
                         "pass --force to replace them or choose another --save-path")
     for f in old:
         f.unlink()
+    if other:
+        print(f"warning: --save-path: {folder} also holds {len(other)} other JSON file(s) (e.g. {other[0].name}), "
+              "left as they are; move them out before eval_utils/eval.py --preds reads this folder", file=sys.stderr)
 
 
 def json_name_for(img_path: str, root: str, used: set[str]) -> str:
@@ -160,10 +196,12 @@ def json_name_for(img_path: str, root: str, used: set[str]) -> str:
     return name
 
 
-def progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, desc: str = "classify"):
+    """A tqdm bar on stderr, shown only when asked for and stderr is a terminal (not a pipe or a file)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="classify", unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    shown = enabled and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=not shown, file=sys.stderr, dynamic_ncols=True)
 
 
 def print_single(record: dict, out=sys.stdout) -> None:
@@ -177,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_config(get_args_parser(), argv)
     require_at_least(args, {"topk": 1, "batch_size": 1})
     paths, many = collect_images(args.img_path)
+    if not many:
+        check_single_output(Path(args.save_path), paths[0], args.force)
     predictor = load_predictor(args)
 
     if not many:

@@ -116,6 +116,13 @@ def _pct(value: float | None) -> str:
     return "n/a (no labelled images)" if value is None else f"{100 * value:.2f}%"
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Do two paths name one file (after resolving '..', symlinks and, where both exist, hard links)?"""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
+
+
 def default_save_path(snapshot: str) -> Path:
     return Path(snapshot).with_suffix(".onnx")
 
@@ -126,6 +133,14 @@ def run_export(opts: ExportOptions) -> ExportResult:
     int8_path = Path(opts.int8_save_path) if opts.int8_save_path else save_path.with_name(save_path.stem + ".int8.onnx")
     if opts.quantize not in (None, "int8"):
         raise UserError(f"--quantize {opts.quantize}: only int8 is supported")
+    if opts.quantize and _same_file(save_path, int8_path):
+        raise UserError(f"--int8-save-path {int8_path}: the same file as --save-path; choose another path for the "
+                        "INT8 model (default: SAVE_PATH with .int8.onnx)")
+    if opts.int8_save_path and not opts.quantize:
+        raise UserError("--int8-save-path: only used with --quantize int8; add --quantize int8 or drop it")
+    for flag, path in [("--save-path", save_path)] + ([("--int8-save-path", int8_path)] if opts.quantize else []):
+        if _same_file(path, Path(opts.snapshot)):
+            raise UserError(f"{flag} {path}: is the --snapshot checkpoint itself; choose another path")
     for path in [save_path] + ([int8_path] if opts.quantize else []):
         if path.exists() and not opts.force:
             raise UserError(f"{path}: already exists; pass --force to overwrite it or choose another --save-path")
@@ -136,6 +151,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if opts.verify_dir and not Path(opts.verify_dir).is_dir():
         raise UserError(f"--verify-dir {opts.verify_dir}: folder not found")
     profile = profiles.load_profile(opts.profile)
+    calib, calib_bad = [], []
+    if opts.quantize:  # read before anything is written: a bad folder must not leave a half-done export
+        calib, calib_bad = verify.load_samples(opts.calib_dir, [], opts.calib_count, flag="--calib-dir")
 
     loaded = load_model(opts)
     h, w = loaded.preprocess.input_size
@@ -144,7 +162,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     # Images for verification (and labelled accuracy).
     notes: list[str] = []
     if opts.verify_dir:
-        samples, bad = verify.load_samples(opts.verify_dir, loaded.classes, opts.verify_count)
+        samples, bad = verify.load_samples(opts.verify_dir, loaded.classes, opts.verify_count, flag="--verify-dir")
         source = f"--verify-dir {opts.verify_dir}"
     elif (val := verify.dataset_val_dir(opts.snapshot, loaded.raw)) is not None:
         samples, bad = verify.load_samples(val, loaded.classes, opts.verify_count)
@@ -219,7 +237,6 @@ def run_export(opts: ExportOptions) -> ExportResult:
 
     # 7. INT8.
     if opts.quantize:
-        calib, calib_bad = verify.load_samples(opts.calib_dir, loaded.classes, opts.calib_count)
         int8 = quantize.quantize_int8(proto, verify.batch_tensor(calib, loaded.preprocess))
         passes.drop_int32_zero_points(int8)
         q_probs = verify.onnx_probs(verify.session(int8), inputs, graph_softmax=opts.softmax)

@@ -70,11 +70,16 @@ def _evenly(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def load_samples(folder: str | os.PathLike, classes: list[str], count: int) -> tuple[list[Sample], list[str]]:
-    """Up to `count` decodable images (spread over the folder); labels from class-named parent folders."""
+def load_samples(folder: str | os.PathLike, classes: list[str], count: int,
+                 flag: str | None = None) -> tuple[list[Sample], list[str]]:
+    """Up to `count` decodable images (spread over the folder); labels from class-named parent folders.
+
+    `flag` (e.g. "--calib-dir") names the option the folder came from in error messages.
+    """
     folder = Path(folder)
+    where = f"{flag} {folder}" if flag else str(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: image folder not found")
+        raise UserError(f"{where}: image folder not found")
     index = {name: i for i, name in enumerate(classes)}
     samples, bad = [], []
     for path in _evenly(list_images(folder), count):
@@ -85,7 +90,7 @@ def load_samples(folder: str | os.PathLike, classes: list[str], count: int) -> t
             continue
         samples.append(Sample(str(path), image, index.get(path.parent.name)))
     if not samples:
-        raise UserError(f"{folder}: no readable images (.jpg .png .bmp .webp .tif) found")
+        raise UserError(f"{where}: no readable images (.jpg .png .bmp .webp .tif) found")
     return samples, bad
 
 
