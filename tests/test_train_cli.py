@@ -220,7 +220,7 @@ FLAG_ERRORS = [
     ("zero_epochs", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("zero_batch", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     ("negative_workers", ["--workers", "-1"], "--workers -1: must be at least 0"),
-    ("negative_lr", ["--lr", "-1"], "--lr -1.0: must be greater than 0"),
+    ("negative_lr", ["--lr", "-1"], "--lr -1.0: must be at least 0"),
     ("momentum_one", ["--momentum", "1"], "--momentum 1.0: must be at least 0 and less than 1"),
     ("negative_weight_decay", ["--weight-decay", "-0.5"], "--weight-decay -0.5: must be at least 0"),
     ("hflip_above_one", ["--hflip", "5"], "--hflip 5.0: must be between 0 and 1"),

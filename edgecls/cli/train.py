@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=100, help="maximum epochs")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (>= 0)")
     g.add_argument("--optimizer", default="SGD", type=str.upper, choices=OPTIMIZERS, help="optimizer")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, in [0, 1)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_with_config(get_args_parser(), argv)
     require_at_least(args, {"epochs": 1, "batch_size": 1, "topk": 1, "patience": 1, "warmup_epochs": 0, "workers": 0})
-    require_in(args, {"lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "hflip": "[0, 1]",
+    require_in(args, {"lr": "[0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "hflip": "[0, 1]",
                       "crop_scale": "(0, 1]"})
     from edgecls.engine.trainer import fit
 
