@@ -1,8 +1,8 @@
 """Files written whole or not at all: a hidden temp file beside the target, renamed over it.
 
-Every file edgecls writes (checkpoints, ONNX models, JSON, images, caches) goes through
-`atomic_path`, so a crash never leaves a half-written file under the real name, and the file
-gets the usual mode (0666 less the umask) rather than mkstemp's owner-only 0600.
+The files edgecls writes (checkpoints, ONNX models, run-folder files, JSON, images, caches) go
+through `atomic_path`, so a crash never leaves a half-written file under the real name, and the
+file gets the usual mode (0666 less the umask) rather than mkstemp's owner-only 0600.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from pathlib import Path
 from edgecls.errors import UserError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes files
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -42,7 +45,7 @@ def atomic_path(dst: str | os.PathLike, *, fsync: bool = False, mode: int | None
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        os.chmod(tmp, 0o666 & ~UMASK if mode is None else mode)
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+from edgecls.atomic import atomic_write_text
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.errors import UserError
 
@@ -46,7 +47,7 @@ def check_split_classes(split_dir: str | os.PathLike, classes: list[str]) -> Non
 
 def write_class_map(classes: list[str], path: str | os.PathLike) -> None:
     """Kneron-style `{"0": "ants", "1": "bees"}`."""
-    Path(path).write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2) + "\n")
+    atomic_write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2) + "\n", path)
 
 
 def read_class_map(path: str | os.PathLike) -> list[str]:

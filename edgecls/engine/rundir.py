@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from edgecls.atomic import atomic_write_text
+from edgecls.atomic import atomic_path, atomic_write_text
 
 SUMMARY_FIELDS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk",
@@ -20,7 +20,7 @@ SUMMARY_FIELDS = [
 
 def write_args_yaml(args: dict, path: Path) -> None:
     clean = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in args.items()}
-    path.write_text(yaml.safe_dump(clean, sort_keys=True))
+    atomic_write_text(yaml.safe_dump(clean, sort_keys=True), path)
 
 
 def read_summary(path: Path) -> list[dict]:
@@ -59,10 +59,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax2.plot(epochs, series("val_topk"), label="val top-k", linestyle="--")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_bad_files(report: str, path: Path) -> None:

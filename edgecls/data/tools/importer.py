@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from edgecls.data.images import check_image, is_hidden
-from edgecls.data.tools import SPLITS, atomic_write_text
+from edgecls.data.tools import SPLITS, atomic_write_bytes, atomic_write_text
 from edgecls.errors import UserError
 
 STATE_FILE = ".edgecls-import-state.jsonl"
@@ -258,11 +258,7 @@ def import_images(csv_path: str | os.PathLike, out: str | os.PathLike, timeout: 
                     report["duplicate"].append({"url": row.url, "line": row.line, "same_as": state.hashes[digest]})
                 else:
                     dest = out / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=ext)
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(body)
-                    os.replace(tmp, dest)
+                    atomic_write_bytes(body, dest)
                     state.hashes[digest] = rel
                     entry = {"url": row.url, "status": "ok", "path": rel, "sha1": digest}
                     report["ok"].append({"url": row.url, "line": row.line, "path": rel})
