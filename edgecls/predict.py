@@ -129,6 +129,17 @@ def _static_hw(shape) -> tuple[int, int] | None:
     return None
 
 
+def onnx_fixed_input_size(path) -> tuple[int, int] | None:
+    """(H, W) of an ONNX file's image input when both are fixed numbers, read without running it."""
+    import onnx
+
+    try:
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    except Exception:  # noqa: BLE001 - unreadable files are reported when the model is loaded
+        return None
+    return _static_hw([d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims])
+
+
 def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
     """A one-line error when a fixed-size graph is asked to take another input size."""
     if fixed is None or tuple(size) == tuple(fixed):

@@ -185,6 +185,14 @@ def test_force_replaces_only_prediction_files(trained_ckpt, small_val, tmp_path)
         f.unlink()
     (out / "summary.csv").unlink()
     assert run_cmd(args).returncode == 0
+    # a training run folder: its summary.csv is not ours to replace, not even with --force
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.csv").write_text("epoch,train_loss,val_top1\n1,0.5,0.9\n")
+    for extra in ([], ["--force"]):
+        r = run_cmd([*args[:-1], str(run), *extra])
+        assert r.returncode == 2 and "is not an inference summary" in r.stderr, r.stderr
+    assert (run / "summary.csv").read_text() == "epoch,train_loss,val_top1\n1,0.5,0.9\n"
 
 
 def test_input_size_other_than_a_fixed_onnx_graph_is_refused(trained_ckpt, small_val, tmp_path):
@@ -209,6 +217,14 @@ def test_input_size_other_than_a_fixed_onnx_graph_is_refused(trained_ckpt, small
     onnx.save(proto, str(tmp_path / "dyn.onnx"))
     r = run_cmd(["inference.py", "--onnx", str(tmp_path / "dyn.onnx"), "--img-path", img, "--save-path",
                  str(tmp_path / "dyn.json"), "--input-size", "32"])
+    assert r.returncode == 0, r.stderr
+    # no edgecls metadata (a graph from elsewhere): the class map and --preprocess, the size from the graph
+    bare = onnx.load(str(fixed))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    r = run_cmd(["inference.py", "--onnx", str(tmp_path / "bare.onnx"), "--img-path", img, "--save-path",
+                 str(tmp_path / "bare.json"), "--class_id_path", str(trained_ckpt.parent / "class_id.json"),
+                 "--preprocess", "kneron"])
     assert r.returncode == 0, r.stderr
 
 

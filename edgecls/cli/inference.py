@@ -25,6 +25,7 @@ from edgecls.data.tools import atomic_write_text
 from edgecls.errors import UserError
 
 SUMMARY_NAME = "summary.csv"
+SUMMARY_FIELDS = ["img_path", "top1_label", "top1_score", "json_file", "error"]
 MAX_PREDICTION_BYTES = 16 * 2**20  # a larger .json is not one of our records (all of 100k classes is ~4 MB)
 
 
@@ -107,7 +108,7 @@ def build_preprocess_override(args, base: Preprocess | None) -> Preprocess | Non
 def load_predictor(args):
     """The Predictor for --snapshot or --onnx, with the CLI's overrides applied."""
     from edgecls.data.classmap import read_class_map
-    from edgecls.predict import Predictor, check_input_size
+    from edgecls.predict import Predictor, check_input_size, onnx_fixed_input_size
 
     if bool(args.snapshot) == bool(args.onnx):
         raise UserError("give exactly one model: --snapshot CHECKPOINT.pth or --onnx MODEL.onnx")
@@ -120,7 +121,10 @@ def load_predictor(args):
     except UserError:
         if override is None or not args.onnx or names is None:
             raise
-        # an ONNX file without edgecls metadata: the flags and the class map say everything
+        # an ONNX file without edgecls metadata: the flags, the class map and the graph say everything
+        fixed = None if args.input_size else onnx_fixed_input_size(args.onnx)
+        if fixed is not None:
+            override = Preprocess.from_dict({**override.to_dict(), "input_size": list(fixed)})
         return Predictor.from_path(args.onnx, preprocess=override, **kw)
     if override is not None:  # flags change only what they name; the rest stays as stored
         predictor.preprocess = build_preprocess_override(args, predictor.preprocess)
@@ -161,6 +165,17 @@ def is_prediction_file(path: Path) -> bool:
     return isinstance(data, dict) and set(data) == {"img_path", "0_0"} and isinstance(data["0_0"], list)
 
 
+def is_inference_summary(path: Path) -> bool:
+    """summary.csv as inference.py writes it (a training run's summary.csv has other columns)."""
+    if path.name != SUMMARY_NAME:
+        return False
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return next(csv.reader(fh), None) == SUMMARY_FIELDS
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
 def prepare_output_folder(folder: Path, force: bool) -> None:
     """Refuse to mix with an earlier run's files (eval would read them) unless --force removes them.
 
@@ -172,7 +187,11 @@ def prepare_output_folder(folder: Path, force: bool) -> None:
         folder.mkdir(parents=True)
         return
     entries = [f for f in sorted(folder.iterdir()) if f.is_file()]
-    old = [f for f in entries if f.name == SUMMARY_NAME or (f.suffix == ".json" and is_prediction_file(f))]
+    summary = folder / SUMMARY_NAME
+    if summary.exists() and not is_inference_summary(summary):
+        raise UserError(f"--save-path: {summary} is not an inference summary (a training run's?) and would be "
+                        "replaced; choose another --save-path")
+    old = [f for f in entries if is_inference_summary(f) or (f.suffix == ".json" and is_prediction_file(f))]
     other = [f for f in entries if f.suffix == ".json" and f not in old]
     if old and not force:
         raise UserError(f"--save-path: {folder} already holds {len(old)} prediction file(s) from an earlier run; "
@@ -243,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             record = prediction_record(path, predictor.topk(probs, args.topk))
             name = json_name_for(path, root, used)
-            (folder / name).write_text(json.dumps(record) + "\n", encoding="utf-8")
+            atomic_write_text(json.dumps(record) + "\n", folder / name)
             score, label = record["0_0"][0]
             rows.append({"img_path": path, "top1_label": label, "top1_score": f"{score:.6f}", "json_file": name,
                          "error": ""})
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["img_path", "top1_label", "top1_score", "json_file", "error"])
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(buf.getvalue(), folder / SUMMARY_NAME)
