@@ -131,9 +131,10 @@ def test_resuming_a_finished_run_or_changing_its_settings_is_refused_and_writes_
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    cases = [([], "the run has trained all 4 of its 4 epochs; pass --epochs N with N > 4"),
-             (["--epochs", "6", "--lr", "0.1"], "--lr 0.1 differs from its 0.003"),
-             (["--epochs=6", "--batch-size=8"], "--batch-size 8 differs from its 16")]
+    cases = [([], "the run has already trained 4 epochs (of 4); pass --epochs N with N > 4"),
+             (["--epochs", "3"], "--epochs 3: the run has already trained 4 epochs"),
+             (["--epochs", "6", "--lr", "0.1"], "--resume: --lr 0.1 differs from the run's 0.003"),
+             (["--epochs=6", "--batch-size=8"], "--resume: --batch-size 8 differs from the run's 16")]
     for extra, message in cases:
         proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0", *extra],
                        cwd=tmp_path, env=ENV)

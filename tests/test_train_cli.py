@@ -405,3 +405,20 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
     proc = subprocess.run(f"'{sys.executable}' '{script}' | head -n 2", shell=True, capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.stdout == "line 0\nline 1\n" and proc.stderr == ""
+    other = tmp_path / "other_pipe.py"  # a broken pipe that is not stdout is a bug to show, not to hide
+    other.write_text("import os, sys\nfrom edgecls.cli.common import run_cli\n"
+                     "def main(argv):\n    r, w = os.pipe()\n    os.close(r)\n    os.write(w, b'x')\n"
+                     "sys.exit(run_cli(main, []))\n")
+    proc = subprocess.run([sys.executable, str(other)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "BrokenPipeError" in proc.stderr
+
+
+def test_resuming_an_early_stopped_run_is_refused(tmp_path, small_data):
+    run = tmp_path / "run"
+    flags = [*FAST, "--epochs", "5", "--lr", "0", "--patience", "1", "--snapshot-path", str(run)]  # lr 0: no gain
+    proc = train([str(small_data), *flags], cwd=tmp_path)
+    assert proc.returncode == 0 and "early stopping" in proc.stdout, proc.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = train([str(small_data), "--resume", str(run), "--workers", "0"], cwd=tmp_path)
+    assert_user_error(proc, "the run stopped early at epoch 2", f"--snapshot {run / 'best.pth'}")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -27,9 +27,27 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, like other command-line tools
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # the reader of our output went away (`... | head`): stop quietly, like other command-line tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Is stdout a pipe whose reader has gone (rather than some other pipe or socket that broke)?"""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not hasattr(select, "poll"):
+        return True  # no way to ask (Windows): a broken pipe there is almost always stdout's
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -111,6 +129,8 @@ def _config_value(path: Path, key, value, action: argparse.Action):
     if value is None:  # "key:" with nothing after it
         if action.default is None:
             return None
+        if action.type is None and action.choices is None:
+            return ""  # like the flag given an empty value (--model-def-path "": no plugin folder)
         raise UserError(f"--config {path}: {key!r} has no value; give one (default: {action.default}) or remove the line")
     if isinstance(value, dict):
         raise UserError(f"--config {path}: {key!r}: expected a single value, not a mapping")

@@ -365,12 +365,31 @@ def check_resume_flags(cfg: TrainConfig, saved: dict, run_dir: Path) -> None:
     """A resumed run keeps its recorded settings: a flag given with another value is an error, not ignored."""
     for dest, value in cfg.resume_flags.items():
         recorded = saved.get(dest)
-        if dest in RESUME_MAY_CHANGE or recorded == value or (isinstance(value, tuple) and list(value) == recorded):
+        if isinstance(value, tuple):
+            value = list(value)
+        if dest in RESUME_MAY_CHANGE or recorded == value:
             continue
+        if dest == "snapshot_path" and Path(value).resolve() == run_dir.resolve():
+            continue  # the run's own folder, named
         flag = "--" + dest.replace("_", "-")
-        raise UserError(f"--resume keeps the run's own settings: {flag} {value} differs from its {recorded}; only "
-                        f"--epochs, --workers, --gpu and --cudnn-benchmark may change (to fine-tune with new "
-                        f"settings, start a new run with --snapshot {run_dir / 'best.pth'})")
+        raise UserError(f"--resume: {flag} {value} differs from the run's {recorded} (command line or --config); a "
+                        f"resumed run keeps its settings, only --epochs, --workers, --gpu and --cudnn-benchmark may "
+                        f"change; to train with new settings, start a new run with --snapshot {run_dir / 'best.pth'}")
+
+
+def check_resume_is_unfinished(cfg: TrainConfig, saved: dict, state: dict, run_dir: Path) -> None:
+    """Resuming a run that has nothing left to do is an error, not a run that trains nothing."""
+    done = state["epoch"] + 1
+    if done >= saved["epochs"]:
+        told = f"--epochs {cfg.override_epochs}: " if cfg.override_epochs else ""
+        raise UserError(f"--resume {cfg.resume}: {told}the run has already trained {done} epochs (of "
+                        f"{saved['epochs']}); pass --epochs N with N > {done} to train it further")
+    stopper = EarlyStopping()
+    stopper.load_state_dict(state["early_stopping"])
+    if saved.get("early_stop") and stopper.should_stop:
+        raise UserError(f"--resume {cfg.resume}: the run stopped early at epoch {done} (no val improvement for "
+                        f"{stopper.patience} epochs; best epoch {stopper.best_epoch}), so it is finished; to "
+                        f"train on, start a new run with --snapshot {run_dir / 'best.pth'}")
 
 
 def build_preprocess(cfg: TrainConfig) -> Preprocess:
@@ -462,11 +481,9 @@ def fit(cfg: TrainConfig) -> dict:
         check_resume_flags(cfg, saved, run_dir)
         saved.update({"data": cfg.data, "resume": cfg.resume, "workers": cfg.workers, "gpu": cfg.gpu,
                       "cudnn_benchmark": cfg.cudnn_benchmark,  # speed only: the resuming command's
+                      "model_def_path": cfg.model_def_path,  # where the plugins are now
                       "override_epochs": None, "resume_flags": {}, "epochs": cfg.override_epochs or saved["epochs"]})
-        done = resume_ckpt["train"]["epoch"] + 1
-        if done >= saved["epochs"]:
-            raise UserError(f"--resume {cfg.resume}: the run has trained all {done} of its {saved['epochs']} epochs; "
-                            f"pass --epochs N with N > {done} to train it further")
+        check_resume_is_unfinished(cfg, saved, resume_ckpt["train"], run_dir)
         if saved.get("input_size") is not None:
             saved["input_size"] = tuple(saved["input_size"])
         cfg = TrainConfig(**saved)
