@@ -100,9 +100,10 @@ def test_config_values_are_converted_like_command_line_values(tmp_path):
     args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
     assert args.input_size == (32, 32) and args.optimizer == "ADAMW" and args.amp is True
     assert args.channels_last is False and args.lr == 0.01
-    cfg.write_text("class-weights: [1, 2.5, 1]\nsnapshot:\nmodel-name: 123\ninput-size: [56, 32]\n")
+    cfg.write_text("class-weights: [1, 2.5, 1]\nsnapshot:\nmodel-name: 123\ninput-size: [56, 32]\nmodel-def-path:\n")
     args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
     assert args.class_weights == "1,2.5,1" and args.snapshot is None and args.model_name == "123"
+    assert args.model_def_path == ""  # no value: like --model-def-path "" (no plugin folder), not the default
     assert args.input_size == (56, 32)
 
 
