@@ -221,6 +221,7 @@ FLAG_ERRORS = [
     ("zero_epochs", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("zero_batch", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     ("negative_workers", ["--workers", "-1"], "--workers -1: must be at least 0"),
+    ("batch_of_one", ["--batch-size", "1"], "--batch-size 1: FP_classifier has BatchNorm layers"),
     ("negative_lr", ["--lr", "-1"], "--lr -1.0: must be at least 0"),
     ("momentum_one", ["--momentum", "1"], "--momentum 1.0: must be at least 0 and less than 1"),
     ("negative_weight_decay", ["--weight-decay", "-0.5"], "--weight-decay -0.5: must be at least 0"),
@@ -423,3 +424,10 @@ def test_resuming_an_early_stopped_run_is_refused(tmp_path, small_data):
     proc = train([str(small_data), "--resume", str(run), "--workers", "0"], cwd=tmp_path)
     assert_user_error(proc, "the run stopped early at epoch 2", f"--snapshot {run / 'best.pth'}")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_last_batch_of_one_image_is_left_out_rather_than_crashing_batchnorm(tmp_path, small_data):
+    """24 training images in batches of 23: the single leftover image would make BatchNorm raise."""
+    proc = train([str(small_data), *FAST, "--batch-size", "23", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "best.pth").is_file()

@@ -520,6 +520,9 @@ def fit(cfg: TrainConfig) -> dict:
             log(f"--snapshot: {len(skipped)} tensor(s) not loaded (shape or name differs): {', '.join(skipped[:6])}")
     if cfg.freeze_backbone:
         freeze_backbone(model)
+    if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError(f"--batch-size 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
+                        "training batch; use --batch-size 2 or more")
     make_loss(cfg, train_split.counts(len(classes)))  # bad --class-weights / --label-smoothing fail here
     image_cache.check_mode(cfg.cache_images, device)
     # The run folder is written only once every flag has been checked: a failed start leaves nothing.
@@ -555,9 +558,10 @@ def fit(cfg: TrainConfig) -> dict:
     counts = train_split.counts(len(classes))
     criterion = make_loss(cfg, counts).to(device)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    # On a GPU every training batch has one shape (cudnn autotunes once); on the CPU no image is left out.
+    # On a GPU every training batch has one shape (cudnn autotunes once); on the CPU no image is left out,
+    # except a last batch of one image, which BatchNorm cannot train on (a different one each epoch).
     per_rank = math.ceil(len(train_ds) / ctx.world_size)
-    drop_last = device.type == "cuda" and per_rank > cfg.batch_size
+    drop_last = (device.type == "cuda" or per_rank % cfg.batch_size == 1) and per_rank > cfg.batch_size
     steps_per_epoch = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
     use_scaler = cfg.amp and device.type == "cuda" and autocast_dtype(device) == torch.float16
