@@ -382,7 +382,7 @@ def check_resume_is_unfinished(cfg: TrainConfig, saved: dict, state: dict, run_d
     done = state["epoch"] + 1
     if done >= saved["epochs"]:
         told = f"--epochs {cfg.override_epochs}: " if cfg.override_epochs else ""
-        raise UserError(f"--resume {cfg.resume}: {told}the run has already trained {done} epochs (of "
+        raise UserError(f"--resume {cfg.resume}: {told}the run has already trained {done} epoch{'s' if done != 1 else ''} (of "
                         f"{saved['epochs']}); pass --epochs N with N > {done} to train it further")
     stopper = EarlyStopping()
     stopper.load_state_dict(state["early_stopping"])
