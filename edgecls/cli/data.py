@@ -158,7 +158,7 @@ def _import(args) -> int:
 def _stats(args) -> int:
     from pathlib import Path
 
-    from edgecls.data.tools import atomic_write_text
+    from edgecls.atomic import atomic_write_text
     from edgecls.data.tools.stats import dataset_stats, format_stats, plot_histogram, refuse_existing
 
     png = None if args.no_png else Path(args.png) if args.png else Path(args.dir) / "class_histogram.png"

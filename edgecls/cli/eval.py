@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecls.atomic import atomic_path, atomic_write_text
 from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
                                 run_cli)
-from edgecls.atomic import atomic_path, atomic_write_text
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError

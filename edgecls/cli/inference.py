@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from edgecls.atomic import atomic_write_text
 from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
                                 run_cli)
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES, Preprocess
-from edgecls.data.tools import atomic_write_text
 from edgecls.errors import UserError
 
 SUMMARY_NAME = "summary.csv"

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.atomic import atomic_copy, atomic_write_bytes, atomic_write_text  # noqa: F401 - the tools import them from here
+from edgecls.atomic import atomic_copy
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.errors import UserError
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgecls.atomic import atomic_copy, atomic_write_bytes
 from edgecls.data.images import to_rgb
-from edgecls.data.tools import SPLITS, atomic_copy, atomic_write_bytes, class_files, detect_layout, is_inside
+from edgecls.data.tools import SPLITS, class_files, detect_layout, is_inside
 from edgecls.data.verify import verify_files
 from edgecls.errors import UserError
 

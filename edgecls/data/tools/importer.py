@@ -30,8 +30,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from edgecls.atomic import atomic_write_bytes, atomic_write_text
 from edgecls.data.images import check_image, is_hidden
-from edgecls.data.tools import SPLITS, atomic_write_bytes, atomic_write_text
+from edgecls.data.tools import SPLITS
 from edgecls.errors import UserError
 
 STATE_FILE = ".edgecls-import-state.jsonl"

@@ -15,8 +15,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from edgecls.atomic import atomic_copy
 from edgecls.data.images import has_image_extension
-from edgecls.data.tools import SPLITS, atomic_copy, class_files, detect_layout, free_path, move_file, visible_subdirs
+from edgecls.data.tools import SPLITS, class_files, detect_layout, free_path, move_file, visible_subdirs
 from edgecls.errors import UserError
 
 

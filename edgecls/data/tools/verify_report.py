@@ -23,9 +23,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from edgecls.atomic import atomic_write_text
 from edgecls.data.images import IMAGE_EXTENSIONS, has_image_extension, is_hidden, load_rgb_bytes
-from edgecls.data.tools import (Layout, atomic_write_text, class_files, detect_layout, free_path, is_inside,
-                                move_file, visible_subdirs)
+from edgecls.data.tools import Layout, class_files, detect_layout, free_path, is_inside, move_file, visible_subdirs
 from edgecls.data.verify import _load_cache, _save_cache, _stamp, cache_dir, verify_files
 from edgecls.errors import UserError
 
