@@ -62,6 +62,17 @@ def atomic_write_text(text: str, dst: str | os.PathLike) -> None:
     atomic_write_bytes(text.encode("utf-8"), dst)
 
 
+def atomic_savefig(fig, dst: str | os.PathLike, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG through atomic_path, then close it (also when saving fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(dst) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy (with timestamps and mode) through a temp file in dst's folder, then rename."""
     with atomic_path(dst, mode=stat.S_IMODE(os.stat(src).st_mode)) as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.atomic import atomic_path, atomic_write_text
+from edgecls.atomic import atomic_savefig, atomic_write_text
 from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
                                 run_cli)
 from edgecls.data.images import has_image_extension, is_hidden
@@ -333,11 +333,7 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > top / 2 else "black")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    atomic_savefig(fig, path)
 
 
 def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from edgecls.atomic import atomic_path, atomic_write_text
+from edgecls.atomic import atomic_savefig, atomic_write_text
 
 SUMMARY_FIELDS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk",
@@ -59,11 +59,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax2.plot(epochs, series("val_topk"), label="val top-k", linestyle="--")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    atomic_savefig(fig, path)
 
 
 def write_bad_files(report: str, path: Path) -> None:

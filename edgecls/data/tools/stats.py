@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgecls.atomic import atomic_path
+from edgecls.atomic import atomic_savefig
 from edgecls.data.tools import class_files, detect_layout, visible_subdirs
 from edgecls.errors import UserError
 
@@ -57,12 +57,11 @@ def plot_histogram(stats: dict, png_path: str | os.PathLike) -> Path:
         ax.set_title(f"Images per class: {Path(stats['root']).name}")
         ax.legend(loc="upper right", ncol=len(splits))
         fig.tight_layout()
-        png_path = Path(png_path)
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return png_path
+        raise
+    atomic_savefig(fig, png_path)
+    return Path(png_path)
 
 
 def format_stats(stats: dict) -> str:
