@@ -505,7 +505,8 @@ def fit(cfg: TrainConfig) -> dict:
         raise UserError(f"--resume: the dataset's classes {classes} differ from the checkpoint's {resume_ckpt['classes']}")
     if len(classes) < 2:
         raise UserError(f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/")
-    empty = [name for name, n in zip(classes, train_split.counts(len(classes))) if n == 0]
+    counts = train_split.counts(len(classes))
+    empty = [name for name, n in zip(classes, counts) if n == 0]
     if empty and dist_utils.is_main():
         log(f"warning: train/ has no readable images for class(es) {', '.join(empty)}; the model cannot learn them")
     report = bad_file_report(splits)
@@ -523,7 +524,7 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError(f"--batch-size 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
                         "training batch; use --batch-size 2 or more")
-    make_loss(cfg, train_split.counts(len(classes)))  # bad --class-weights / --label-smoothing fail here
+    make_loss(cfg, counts)  # bad --class-weights / --label-smoothing fail here
     image_cache.check_mode(cfg.cache_images, device)
     # The run folder is written only once every flag has been checked: a failed start leaves nothing.
     if dist_utils.is_main():
@@ -555,7 +556,6 @@ def fit(cfg: TrainConfig) -> dict:
     if dist_utils.is_main():
         write_timings(timings, run_dir / "timings.json")
     augment = image_cache.BatchAugment(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale)
-    counts = train_split.counts(len(classes))
     criterion = make_loss(cfg, counts).to(device)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     # On a GPU every training batch has one shape (cudnn autotunes once); on the CPU no image is left out,
