@@ -129,17 +129,6 @@ def _static_hw(shape) -> tuple[int, int] | None:
     return None
 
 
-def onnx_fixed_input_size(path) -> tuple[int, int] | None:
-    """(H, W) of an ONNX file's image input when both are fixed numbers, read without running it."""
-    import onnx
-
-    try:
-        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    except Exception:  # noqa: BLE001 - unreadable files are reported when the model is loaded
-        return None
-    return _static_hw([d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims])
-
-
 def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
     """A one-line error when a fixed-size graph is asked to take another input size."""
     if fixed is None or tuple(size) == tuple(fixed):
@@ -150,10 +139,10 @@ def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
 
 
 class _OnnxRunner:
-    def __init__(self, session, softmax_applied: bool, fixed_batch_one: bool):
+    def __init__(self, session, softmax_applied: bool, fixed_batch_one: bool, fixed_hw: tuple[int, int] | None):
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.fixed_hw = _static_hw(session.get_inputs()[0].shape)
+        self.fixed_hw = fixed_hw
         self.softmax_applied = softmax_applied
         self.fixed_batch_one = fixed_batch_one
 
@@ -183,12 +172,14 @@ class Predictor:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_path(cls, path, *, device="cpu", backbone=None, model_def_path=None, class_names=None,
-                  num_threads=None, preprocess: Preprocess | None = None) -> "Predictor":
+                  num_threads=None, preprocess: Preprocess | None = None,
+                  input_size_from_graph: bool = False) -> "Predictor":
         """Load a .pth (edgecls checkpoint or bare state_dict) or a .onnx file.
 
         `class_names` overrides the stored names (same count required); `preprocess`
         overrides the stored preprocessing (needed for bare state_dicts' non-default sizes
-        and for ONNX files without edgecls metadata).
+        and for ONNX files without edgecls metadata); with `input_size_from_graph`, an ONNX graph
+        of fixed height and width sets the input size instead.
         """
         p = Path(path)
         if not p.is_file():
@@ -196,7 +187,7 @@ class Predictor:
         class_names = None if class_names is None else [str(c) for c in class_names]
         device = resolve_device(device)
         if _sniff_kind(p) == "onnx":
-            return cls._from_onnx(p, device, class_names, num_threads, preprocess)
+            return cls._from_onnx(p, device, class_names, num_threads, preprocess, input_size_from_graph)
         return cls._from_torch(p, device, backbone, model_def_path, class_names, num_threads, preprocess)
 
     @classmethod
@@ -236,7 +227,7 @@ class Predictor:
                    path=str(p), device=device)
 
     @classmethod
-    def _from_onnx(cls, p, device, class_names, num_threads, preprocess):
+    def _from_onnx(cls, p, device, class_names, num_threads, preprocess, input_size_from_graph=False):
         import onnxruntime as ort
 
         from edgecls.export.metadata import read_metadata
@@ -268,6 +259,8 @@ class Predictor:
         elif class_names is not None:
             _check_class_count(len(meta["classes"]), class_names, f"ONNX model {p}")
         fixed = _static_hw(inp.shape)
+        if preprocess is not None and input_size_from_graph and fixed is not None:
+            preprocess = Preprocess.from_dict({**preprocess.to_dict(), "input_size": list(fixed)})
         if preprocess is not None:
             check_input_size(p, fixed, preprocess.input_size)
         prep = preprocess or meta["preprocess"]
@@ -275,7 +268,7 @@ class Predictor:
             raise UserError(f"{p}: the graph takes {fixed[0]}x{fixed[1]} input but its metadata says "
                             f"{prep.input_size[0]}x{prep.input_size[1]}; re-export it with pytorch2onnx.py")
         fixed_one = isinstance(inp.shape[0], int) and inp.shape[0] == 1
-        runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one)
+        runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one, fixed_hw=fixed)
         return cls(runner, classes=class_names or meta["classes"], preprocess=prep, backbone=meta["backbone"],
                    kind="onnx", path=str(p), device=device)
 

@@ -108,7 +108,7 @@ def build_preprocess_override(args, base: Preprocess | None) -> Preprocess | Non
 def load_predictor(args):
     """The Predictor for --snapshot or --onnx, with the CLI's overrides applied."""
     from edgecls.data.classmap import read_class_map
-    from edgecls.predict import Predictor, check_input_size, onnx_fixed_input_size
+    from edgecls.predict import Predictor, check_input_size
 
     if bool(args.snapshot) == bool(args.onnx):
         raise UserError("give exactly one model: --snapshot CHECKPOINT.pth or --onnx MODEL.onnx")
@@ -122,10 +122,7 @@ def load_predictor(args):
         if override is None or not args.onnx or names is None:
             raise
         # an ONNX file without edgecls metadata: the flags, the class map and the graph say everything
-        fixed = None if args.input_size else onnx_fixed_input_size(args.onnx)
-        if fixed is not None:
-            override = Preprocess.from_dict({**override.to_dict(), "input_size": list(fixed)})
-        return Predictor.from_path(args.onnx, preprocess=override, **kw)
+        return Predictor.from_path(args.onnx, preprocess=override, input_size_from_graph=not args.input_size, **kw)
     if override is not None:  # flags change only what they name; the rest stays as stored
         predictor.preprocess = build_preprocess_override(args, predictor.preprocess)
         check_input_size(predictor.path, predictor.fixed_input_size, predictor.preprocess.input_size)
@@ -191,7 +188,7 @@ def prepare_output_folder(folder: Path, force: bool) -> None:
     if summary.exists() and not is_inference_summary(summary):
         raise UserError(f"--save-path: {summary} is not an inference summary (a training run's?) and would be "
                         "replaced; choose another --save-path")
-    old = [f for f in entries if is_inference_summary(f) or (f.suffix == ".json" and is_prediction_file(f))]
+    old = [f for f in entries if f == summary or (f.suffix == ".json" and is_prediction_file(f))]  # summary: ours
     other = [f for f in entries if f.suffix == ".json" and f not in old]
     if old and not force:
         raise UserError(f"--save-path: {folder} already holds {len(old)} prediction file(s) from an earlier run; "
