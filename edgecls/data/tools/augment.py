@@ -168,10 +168,12 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
     bad_ops = [op for op in operations if op not in OPERATIONS]
     if bad_ops or not operations:
         raise UserError(f"--ops {','.join(operations)}: choose from {','.join(OPERATIONS)}")
+    if not 0 <= max_rotation <= 180:
+        raise UserError(f"--max-rotation {max_rotation}: must be between 0 and 180")
     if not 0 < crop_scale <= 1:
-        raise UserError(f"--crop-scale {crop_scale}: must be in (0, 1]")
+        raise UserError(f"--crop-scale {crop_scale}: must be greater than 0 and at most 1")
     if not 0.02 < erase_area < 1:
-        raise UserError(f"--erase-area {erase_area}: must be between 0.02 and 1")
+        raise UserError(f"--erase-area {erase_area}: must be greater than 0.02 and less than 1")
     layout = detect_layout(src)
     src, out = layout.root, Path(out)
     _check_out(src, out, force)
