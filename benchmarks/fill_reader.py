@@ -143,8 +143,12 @@ def measure(name, make_reader, chunks, n_images) -> dict:
         for _ in make_reader(chunks):
             pass
         beside = time.perf_counter() - start
-    return {"reader": name, "read_img_s": round(n_images / alone), "read_img_s_beside_dispatch": round(n_images / beside),
-            "dispatch_ops_s": round(loop.rate)}
+    return {
+        "reader": name,
+        "read_img_s": round(n_images / alone),
+        "read_img_s_beside_dispatch": round(n_images / beside),
+        "dispatch_ops_s": round(loop.rate),
+    }
 
 
 def staged_fill_rate(chunks, n_images: int, processes: int, read_ahead: int, stage_s: float) -> int:
@@ -175,17 +179,25 @@ def main(argv=None) -> int:
     paths = (files * (args.images // len(files) + 1))[: args.images]
     for path in files:  # page cache
         Path(path).read_bytes()
-    chunks = [paths[i:i + READ_CHUNK] for i in range(0, len(paths), READ_CHUNK)]
+    chunks = [paths[i : i + READ_CHUNK] for i in range(0, len(paths), READ_CHUNK)]
     torch.set_num_threads(1)
 
     with DispatchLoop() as loop:
         time.sleep(2.0)
     alone_rate = loop.rate
-    rows = [measure("per-file tasks, 16 threads (baseline)", per_file_baseline, chunks, len(paths)),
-            measure("per-chunk tasks, 1 thread", per_chunk_thread, chunks, len(paths))]
+    rows = [
+        measure("per-file tasks, 16 threads (baseline)", per_file_baseline, chunks, len(paths)),
+        measure("per-chunk tasks, 1 thread", per_chunk_thread, chunks, len(paths)),
+    ]
     for procs in args.processes:
-        rows.append(measure(f"read_chunks, {procs} process(es)",
-                            lambda c, k=procs: read_chunks(c, DECODER.size, DECODER.interpolation, k), chunks, len(paths)))
+        rows.append(
+            measure(
+                f"read_chunks, {procs} process(es)",
+                lambda c, k=procs: read_chunks(c, DECODER.size, DECODER.interpolation, k),
+                chunks,
+                len(paths),
+            )
+        )
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(args.processes))]
     try:
         time.sleep(0.3)
@@ -195,29 +207,58 @@ def main(argv=None) -> int:
         for proc in busy:
             proc.kill()
             proc.wait()
-    rows.append({"reader": f"control: {len(busy)} CPU-busy process(es), no file work", "read_img_s": None,
-                 "read_img_s_beside_dispatch": None, "dispatch_ops_s": round(loop.rate)})
+    rows.append(
+        {
+            "reader": f"control: {len(busy)} CPU-busy process(es), no file work",
+            "read_img_s": None,
+            "read_img_s_beside_dispatch": None,
+            "dispatch_ops_s": round(loop.rate),
+        }
+    )
     for row in rows:
         row["dispatch_x_alone"] = round(row["dispatch_ops_s"] / alone_rate, 2)
-    staged = [{"processes": procs, "receiver": ahead > 0,
-               "fill_img_s": staged_fill_rate(chunks, len(paths), procs, ahead, args.stage_ms / 1000)}
-              for procs in args.processes for ahead in (0, READ_AHEAD_RECEIVER)]
+    staged = [
+        {
+            "processes": procs,
+            "receiver": ahead > 0,
+            "fill_img_s": staged_fill_rate(chunks, len(paths), procs, ahead, args.stage_ms / 1000),
+        }
+        for procs in args.processes
+        for ahead in (0, READ_AHEAD_RECEIVER)
+    ]
 
-    print(f"{len(paths)} file reads from {args.data} ({len(files)} files; PIL rows at {h}x{w}), {os.cpu_count()} CPUs; "
-          f"dispatch loop alone: {alone_rate:,.0f} ops/s")
+    print(
+        f"{len(paths)} file reads from {args.data} ({len(files)} files; PIL rows at {h}x{w}), {os.cpu_count()} CPUs; "
+        f"dispatch loop alone: {alone_rate:,.0f} ops/s"
+    )
     print(f"{'reader':<44} {'read img/s':>11} {'beside loop':>12} {'loop x alone':>13}")
     for row in rows:
         reads = [f"{v:,}" if v is not None else "-" for v in (row["read_img_s"], row["read_img_s_beside_dispatch"])]
         print(f"{row['reader']:<44} {reads[0]:>11} {reads[1]:>12} {row['dispatch_x_alone']:>13.2f}")
-    print(f"\nfill loop with a {args.stage_ms:g} ms GIL-free stage per {READ_CHUNK}-file chunk (stand-in for the GPU decode)")
+    print(
+        f"\nfill loop with a {args.stage_ms:g} ms GIL-free stage per {READ_CHUNK}-file chunk (stand-in for "
+        f"the GPU decode)"
+    )
     print(f"{'frames received by':<44} {'fill img/s':>11}")
     for row in staged:
         who = "receiver thread, chunks ahead" if row["receiver"] else "the loop, when needed (before)"
         print(f"{who + ', ' + str(row['processes']) + ' process(es)':<44} {row['fill_img_s']:>11,}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": len(paths), "cpus": os.cpu_count(), "cache_size": [h, w],
-                                               "dispatch_alone_ops_s": round(alone_rate), "rows": rows,
-                                               "stage_ms": args.stage_ms, "staged_fill": staged}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "images": len(paths),
+                    "cpus": os.cpu_count(),
+                    "cache_size": [h, w],
+                    "dispatch_alone_ops_s": round(alone_rate),
+                    "rows": rows,
+                    "stage_ms": args.stage_ms,
+                    "staged_fill": staged,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -91,35 +91,55 @@ def main(argv=None) -> int:
     classes = [f"class{i}" for i in range(10)]
     model = create_model(args.backbone, num_classes=len(classes)).eval()
     ckpt_path = tmp / "model.pth"
-    save_checkpoint(make_checkpoint(model, backbone=args.backbone, model_kwargs={}, classes=classes, preprocess=prep),
-                    ckpt_path)
+    save_checkpoint(
+        make_checkpoint(model, backbone=args.backbone, model_kwargs={}, classes=classes, preprocess=prep), ckpt_path
+    )
     predictor = Predictor.from_path(ckpt_path, num_threads=args.threads)
 
     tensors = np.random.default_rng(0).standard_normal((n, 3, args.input_size, args.input_size)).astype(np.float32)
     rows = []
     for bs in (1, args.batch_size):
-        def bare():
+
+        def bare(bs=bs):
             with torch.inference_mode():
                 for i in range(0, n, bs):
                     torch.softmax(model(torch.from_numpy(tensors[i : i + bs])), dim=1)
 
-        def full():
-            for _, probs, err in predictor.predict_paths(paths, batch_size=bs, workers=args.workers):
+        def full(bs=bs):
+            for _, _probs, err in predictor.predict_paths(paths, batch_size=bs, workers=args.workers):
                 assert err is None, err
 
         bare()  # warm-up (allocator, kernels)
         full()
         bare_rate = rate(bare, n, args.repeats)
         full_rate = rate(full, n, args.repeats)
-        rows.append({"batch_size": bs, "bare_forward_img_s": round(bare_rate, 2), "full_path_img_s": round(full_rate, 2),
-                     "ratio": round(full_rate / bare_rate, 3)})
+        rows.append(
+            {
+                "batch_size": bs,
+                "bare_forward_img_s": round(bare_rate, 2),
+                "full_path_img_s": round(full_rate, 2),
+                "ratio": round(full_rate / bare_rate, 3),
+            }
+        )
 
     cli = None
     if not args.skip_cli:
         save = tmp / "cli_out"
-        cmd = [sys.executable, str(REPO / "inference.py"), "--snapshot", str(ckpt_path), "--img-path",
-               str(Path(paths[0]).parent), "--save-path", str(save), "--batch-size", str(args.batch_size),
-               "--no-progress", "--topk", "5"]
+        cmd = [
+            sys.executable,
+            str(REPO / "inference.py"),
+            "--snapshot",
+            str(ckpt_path),
+            "--img-path",
+            str(Path(paths[0]).parent),
+            "--save-path",
+            str(save),
+            "--batch-size",
+            str(args.batch_size),
+            "--no-progress",
+            "--topk",
+            "5",
+        ]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -127,23 +147,41 @@ def main(argv=None) -> int:
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
-        cli = {"wall_s": round(wall, 2), "img_s_including_startup": round(n / wall, 2),
-               "files_written": len(list(save.glob("*.json")))}
+        cli = {
+            "wall_s": round(wall, 2),
+            "img_s_including_startup": round(n / wall, 2),
+            "files_written": len(list(save.glob("*.json"))),
+        }
 
-    print(f"{args.backbone} @ {args.input_size}x{args.input_size}, {n} images, torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    print(
+        f"{args.backbone} @ {args.input_size}x{args.input_size}, {n} images, torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
     print(f"{'batch':>6} {'bare forward img/s':>20} {'full path img/s':>17} {'ratio':>7}")
     for r in rows:
         print(f"{r['batch_size']:>6} {r['bare_forward_img_s']:>20.2f} {r['full_path_img_s']:>17.2f} {r['ratio']:>7.1%}")
     if cli:
-        print(f"inference.py subprocess (batch {args.batch_size}, incl. start-up and model load): "
-              f"{cli['wall_s']} s, {cli['img_s_including_startup']} img/s, {cli['files_written']} JSON files")
+        print(
+            f"inference.py subprocess (batch {args.batch_size}, incl. start-up and model load): "
+            f"{cli['wall_s']} s, {cli['img_s_including_startup']} img/s, {cli['files_written']} JSON files"
+        )
     target = next(r for r in rows if r["batch_size"] == args.batch_size)["ratio"]
     print(f"batched full path / bare forward = {target:.1%} (target >= 70%)")
-    result = {"benchmark": "inference_speed", "backbone": args.backbone, "input_size": args.input_size,
-              "num_images": n, "images": args.images or "sklearn sample photos (random JPEG crops)",
-              "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
-              "torch": torch.__version__, "rows": rows, "cli": cli, "batched_ratio": target, "target_ratio": 0.7}
+    result = {
+        "benchmark": "inference_speed",
+        "backbone": args.backbone,
+        "input_size": args.input_size,
+        "num_images": n,
+        "images": args.images or "sklearn sample photos (random JPEG crops)",
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "rows": rows,
+        "cli": cli,
+        "batched_ratio": target,
+        "target_ratio": 0.7,
+    }
     out = Path(args.json)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

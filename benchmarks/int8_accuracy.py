@@ -36,12 +36,16 @@ MAX_SIZE_RATIO = 0.3
 
 
 def class_images(folder: Path) -> dict[str, list[Path]]:
-    return {c.name: sorted(p for p in c.iterdir() if has_image_extension(p.name) and not is_hidden(p.name))
-            for c in sorted(folder.iterdir()) if c.is_dir() and not is_hidden(c.name)}
+    return {
+        c.name: sorted(p for p in c.iterdir() if has_image_extension(p.name) and not is_hidden(p.name))
+        for c in sorted(folder.iterdir())
+        if c.is_dir() and not is_hidden(c.name)
+    }
 
 
 def subset_dataset(data: Path, out: Path, train_images: int, seed: int = 0) -> Path:
-    """out/train: a stratified `train_images` subset of data/train (hard links, else copies); out/val: all of data/val."""
+    """out/train: a stratified `train_images` subset of data/train (hard links, else copies);
+    out/val: all of data/val."""
     if out.exists():
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
@@ -93,9 +97,19 @@ def export_and_score(name: str, snapshot: Path, data: Path, out_dir: Path, args,
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = out_dir / f"{name}.onnx", out_dir / f"{name}.int8.onnx"
     start = time.perf_counter()
-    res = run_export(ExportOptions(snapshot=str(snapshot), save_path=str(fp32_path), int8_save_path=str(int8_path),
-                                   profile=args.profile, verify_dir=str(data / "val"), quantize="int8",
-                                   calib_dir=str(data / "train"), calib_count=args.calib_count, force=True))
+    res = run_export(
+        ExportOptions(
+            snapshot=str(snapshot),
+            save_path=str(fp32_path),
+            int8_save_path=str(int8_path),
+            profile=args.profile,
+            verify_dir=str(data / "val"),
+            quantize="int8",
+            calib_dir=str(data / "train"),
+            calib_count=args.calib_count,
+            force=True,
+        )
+    )
     export_s = time.perf_counter() - start
     print(res.summary(), flush=True)
     if not res.ok or res.int8_path is None:
@@ -104,30 +118,48 @@ def export_and_score(name: str, snapshot: Path, data: Path, out_dir: Path, args,
     fp32_top1, n = val_top1(fp32_path, val, args.threads)
     int8_top1, _ = val_top1(int8_path, val, args.threads)
     fp32_bytes, int8_bytes = fp32_path.stat().st_size, int8_path.stat().st_size
-    row = {"model": name, "setup": setup, "val_images": n, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
-           "drop_points": round(100 * (fp32_top1 - int8_top1), 6),  # so that 1.0 does not read 1.0000000000000009
-           "fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes,
-           "size_ratio": int8_bytes / fp32_bytes, "calib_images": res.figures["int8"]["calib_images"],
-           "export_seconds": round(export_s, 1), "snapshot": str(snapshot)}
+    row = {
+        "model": name,
+        "setup": setup,
+        "val_images": n,
+        "fp32_top1": fp32_top1,
+        "int8_top1": int8_top1,
+        "drop_points": round(100 * (fp32_top1 - int8_top1), 6),  # so that 1.0 does not read 1.0000000000000009
+        "fp32_bytes": fp32_bytes,
+        "int8_bytes": int8_bytes,
+        "size_ratio": int8_bytes / fp32_bytes,
+        "calib_images": res.figures["int8"]["calib_images"],
+        "export_seconds": round(export_s, 1),
+        "snapshot": str(snapshot),
+    }
     row["passed"] = row["drop_points"] <= MAX_DROP_POINTS and row["size_ratio"] <= MAX_SIZE_RATIO
-    print(f"== {name}: FP32 {100 * fp32_top1:.2f}%  INT8 {100 * int8_top1:.2f}%  drop {row['drop_points']:+.2f} points "
-          f"on {n} val images; {fp32_bytes:,} -> {int8_bytes:,} bytes ({row['size_ratio']:.3f}x)", flush=True)
+    print(
+        f"== {name}: FP32 {100 * fp32_top1:.2f}%  INT8 {100 * int8_top1:.2f}%  drop {row['drop_points']:+.2f} points "
+        f"on {n} val images; {fp32_bytes:,} -> {int8_bytes:,} bytes ({row['size_ratio']:.3f}x)",
+        flush=True,
+    )
     return row
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<20} {'FP32 top-1':>10} {'INT8 top-1':>10} {'drop (pt)':>9} {'FP32 bytes':>12} "
-            f"{'INT8 bytes':>12} {'ratio':>6}  target")
+    head = (
+        f"{'model':<20} {'FP32 top-1':>10} {'INT8 top-1':>10} {'drop (pt)':>9} {'FP32 bytes':>12} "
+        f"{'INT8 bytes':>12} {'ratio':>6}  target"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<20} {100 * r['fp32_top1']:>9.2f}% {100 * r['int8_top1']:>9.2f}% "
-                     f"{r['drop_points']:>9.2f} {r['fp32_bytes']:>12,} {r['int8_bytes']:>12,} {r['size_ratio']:>6.3f}  "
-                     f"{'PASS' if r['passed'] else 'FAIL'}")
+        lines.append(
+            f"{r['model']:<20} {100 * r['fp32_top1']:>9.2f}% {100 * r['int8_top1']:>9.2f}% "
+            f"{r['drop_points']:>9.2f} {r['fp32_bytes']:>12,} {r['int8_bytes']:>12,} {r['size_ratio']:>6.3f}  "
+            f"{'PASS' if r['passed'] else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--work", default="int8_bench", help="working folder (data, runs, ONNX files)")
     p.add_argument("--data", default=None, help="dataset with train/ and val/ (default: build the demo digits in WORK)")
     p.add_argument("--json", default=None, help="write the results here (default: WORK/int8_accuracy.json)")
@@ -172,12 +204,30 @@ def main(argv=None) -> int:
         else:
             run = work / "runs" / "fp"
             shutil.rmtree(run, ignore_errors=True)
-            setup = (f"trained as scripts/demo.sh: {n_train} train images, 32x32, <= {args.fp_epochs} epochs, "
-                     "AdamW lr 3e-3, batch 64, patience 5, seed 0")
+            setup = (
+                f"trained as scripts/demo.sh: {n_train} train images, 32x32, <= {args.fp_epochs} epochs, "
+                "AdamW lr 3e-3, batch 64, patience 5, seed 0"
+            )
             print(f"== FP_classifier: {setup}", flush=True)
-            snap, secs = train(dict(data=str(data), backbone="FP_classifier", input_size=(32, 32), epochs=args.fp_epochs,
-                                    optimizer="ADAMW", lr=3e-3, batch_size=64, hflip=0.0, crop_scale=0.7, patience=5,
-                                    workers=2, seed=0, snapshot_path=str(run), model_def_path=None, gpu=args.gpu))
+            snap, secs = train(
+                dict(
+                    data=str(data),
+                    backbone="FP_classifier",
+                    input_size=(32, 32),
+                    epochs=args.fp_epochs,
+                    optimizer="ADAMW",
+                    lr=3e-3,
+                    batch_size=64,
+                    hflip=0.0,
+                    crop_scale=0.7,
+                    patience=5,
+                    workers=2,
+                    seed=0,
+                    snapshot_path=str(run),
+                    model_def_path=None,
+                    gpu=args.gpu,
+                )
+            )
             setup += f" ({secs:.0f} s)"
         rows.append(export_and_score("FP_classifier", snap, data, work / "onnx", args, setup))
     if "efficientnet-lite0" in models:
@@ -190,14 +240,32 @@ def main(argv=None) -> int:
             run = work / "runs" / "lite0"
             shutil.rmtree(run, ignore_errors=True)
             side = args.lite_input
-            setup = (f"fine-tuned from --pretrained: {n_sub} train images (stratified subset), {side}x{side}, "
-                     f"{args.lite_epochs} epochs, AdamW lr {args.lite_lr:g}, batch {args.lite_batch_size}, preset lite")
+            setup = (
+                f"fine-tuned from --pretrained: {n_sub} train images (stratified subset), {side}x{side}, "
+                f"{args.lite_epochs} epochs, AdamW lr {args.lite_lr:g}, batch {args.lite_batch_size}, preset lite"
+            )
             print(f"== efficientnet-lite0: {setup}", flush=True)
-            snap, secs = train(dict(data=str(lite_data), backbone="efficientnet-lite0", pretrained=True,
-                                    input_size=(side, side), epochs=args.lite_epochs, optimizer="ADAMW", lr=args.lite_lr,
-                                    batch_size=args.lite_batch_size, hflip=0.0, crop_scale=0.7, early_stop=0,
-                                    warmup_epochs=0, workers=2, seed=0, snapshot_path=str(run), model_def_path=None,
-                                    gpu=args.gpu))
+            snap, secs = train(
+                dict(
+                    data=str(lite_data),
+                    backbone="efficientnet-lite0",
+                    pretrained=True,
+                    input_size=(side, side),
+                    epochs=args.lite_epochs,
+                    optimizer="ADAMW",
+                    lr=args.lite_lr,
+                    batch_size=args.lite_batch_size,
+                    hflip=0.0,
+                    crop_scale=0.7,
+                    early_stop=0,
+                    warmup_epochs=0,
+                    workers=2,
+                    seed=0,
+                    snapshot_path=str(run),
+                    model_def_path=None,
+                    gpu=args.gpu,
+                )
+            )
             setup += f" ({secs:.0f} s)"
         rows.append(export_and_score("efficientnet-lite0", snap, lite_data, work / "onnx", args, setup))
 
@@ -205,10 +273,14 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['model']}: {r['setup']}; {r['calib_images']} calibration images; val {r['val_images']} images")
     print(table(rows))
-    result = {"benchmark": "int8_accuracy", "targets": {"max_drop_points": MAX_DROP_POINTS, "max_size_ratio": MAX_SIZE_RATIO},
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": round(time.perf_counter() - started, 1),
-              "rows": rows}
+    result = {
+        "benchmark": "int8_accuracy",
+        "targets": {"max_drop_points": MAX_DROP_POINTS, "max_size_ratio": MAX_SIZE_RATIO},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
     out = Path(args.json) if args.json else work / "int8_accuracy.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

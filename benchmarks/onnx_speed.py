@@ -81,6 +81,7 @@ class Row:
 
 # --- inputs --------------------------------------------------------------------------------------
 
+
 def write_photo_folder(out: Path, count: int, seed: int = 0) -> Path:
     """Random crops (160 px to full size) of scikit-learn's two sample photographs, as JPEG files."""
     import numpy as np
@@ -94,11 +95,12 @@ def write_photo_folder(out: Path, count: int, seed: int = 0) -> Path:
         photo = photos[i % len(photos)]
         h, w = int(rng.integers(160, photo.shape[0] + 1)), int(rng.integers(160, photo.shape[1] + 1))
         top, left = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
-        Image.fromarray(photo[top:top + h, left:left + w]).save(out / f"photo_{i:03d}.jpg", quality=90)
+        Image.fromarray(photo[top : top + h, left : left + w]).save(out / f"photo_{i:03d}.jpg", quality=90)
     return out
 
 
 # --- statistics ----------------------------------------------------------------------------------
+
 
 def summarize(seconds: list[float]) -> Timing:
     ms = sorted(1000 * s for s in seconds)
@@ -106,7 +108,9 @@ def summarize(seconds: list[float]) -> Timing:
     return Timing(median_ms=statistics.median(ms), p25_ms=q[0], p75_ms=q[2], min_ms=ms[0], runs=len(ms))
 
 
-def paired_ratio(ours: list[float], plain: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+def paired_ratio(
+    ours: list[float], plain: list[float], resamples: int = 4000, seed: int = 0
+) -> tuple[float, float, float]:
     """Median of per-round ours/plain ratios and its bootstrap 95% interval."""
     import numpy as np
 
@@ -125,6 +129,7 @@ def verdict(low: float, high: float) -> str:
 
 
 # --- ONNX Runtime --------------------------------------------------------------------------------
+
 
 def ort_session(path: Path, threads: int, optimized_to: Path | None = None, spinning: bool = False):
     """spinning=True is ORT's default: worker threads spin while waiting for work, inside a run and for
@@ -146,8 +151,9 @@ def ort_session(path: Path, threads: int, optimized_to: Path | None = None, spin
 def ort_graph_signature(path: Path, threads: int, work: Path) -> tuple[dict, int]:
     """The graph ONNX Runtime actually runs (after its ORT_ENABLE_ALL fusions): multiset of
     (domain, op, attributes), and its node count."""
-    import onnx
     from collections import Counter
+
+    import onnx
     from onnx import helper
 
     target = work / f"{path.stem}.ort-optimized.onnx"
@@ -178,6 +184,7 @@ def graph_diff(plain: dict, ours: dict) -> str:
 
 
 # --- one backbone --------------------------------------------------------------------------------
+
 
 def plain_export(model, size: tuple[int, int], path: Path) -> None:
     import warnings
@@ -237,8 +244,9 @@ def measure(backbone: str, args, photos: Path, work: Path) -> Row:
     num_classes = args.num_classes or (2 if backbone == "FP_classifier" else 1000)
     torch.manual_seed(0)
     model = create_model(backbone, num_classes=num_classes).eval()
-    row = Row(backbone=backbone, input=list(size), num_classes=num_classes,
-              params=sum(p.numel() for p in model.parameters()))
+    row = Row(
+        backbone=backbone, input=list(size), num_classes=num_classes, params=sum(p.numel() for p in model.parameters())
+    )
     folder = work / backbone
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -248,12 +256,30 @@ def measure(backbone: str, args, photos: Path, work: Path) -> Row:
 
     # (b) + (c) our pipeline from a checkpoint of the same weights, as pytorch2onnx.py runs it.
     ckpt = folder / "model.pth"
-    save_checkpoint(make_checkpoint(model, backbone=backbone, model_kwargs={}, classes=[str(i) for i in range(num_classes)],
-                                    preprocess=Preprocess(input_size=size, preset=spec.preprocess)), ckpt)
+    save_checkpoint(
+        make_checkpoint(
+            model,
+            backbone=backbone,
+            model_kwargs={},
+            classes=[str(i) for i in range(num_classes)],
+            preprocess=Preprocess(input_size=size, preset=spec.preprocess),
+        ),
+        ckpt,
+    )
     start = time.perf_counter()
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(folder / "ours.onnx"), profile=args.profile,
-                                      verify_dir=str(photos), verify_count=args.verify_count, quantize="int8",
-                                      calib_dir=str(photos), calib_count=args.calib_count, force=True))
+    result = run_export(
+        ExportOptions(
+            snapshot=str(ckpt),
+            save_path=str(folder / "ours.onnx"),
+            profile=args.profile,
+            verify_dir=str(photos),
+            verify_count=args.verify_count,
+            quantize="int8",
+            calib_dir=str(photos),
+            calib_count=args.calib_count,
+            force=True,
+        )
+    )
     row.export_s = time.perf_counter() - start
     ckpt.unlink()
     row.verified, row.profile, row.profile_passed = result.verified, args.profile, result.profile_passed
@@ -283,9 +309,9 @@ def measure(backbone: str, args, photos: Path, work: Path) -> Row:
     sessions = {key: ort_session(path, args.threads, spinning=args.ort_spinning) for key, path in paths.items()}
     feeds = {key: {s.get_inputs()[0].name: x} for key, s in sessions.items()}
 
-    def eager():
+    def eager(m=model):
         with torch.inference_mode():
-            model(xt)
+            m(xt)
 
     fns = {"eager": eager}
     for key in ("plain", "ours", "int8"):
@@ -301,6 +327,7 @@ def measure(backbone: str, args, photos: Path, work: Path) -> Row:
 
 
 # --- report --------------------------------------------------------------------------------------
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -321,10 +348,14 @@ def versions() -> str:
 
     try:
         import onnxsim
+
         sim = f", onnxsim {onnxsim.__version__}"
     except ImportError:
         sim = ""
-    return f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}{sim}"
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}, onnx {onnx.__version__}{sim}"
+    )
 
 
 def _mb(n: int) -> str:
@@ -336,15 +367,43 @@ def _ms(t: Timing) -> str:
 
 
 def main_table(rows: list[Row]) -> list[str]:
-    head = ["backbone", "input", "params", "eager ms", "plain ORT ms", "ours FP32 ms", "ours INT8 ms",
-            "host FPS (ours FP32)", "nodes plain -> ours", "size FP32 MB", "size INT8 MB", "INT8/FP32 size"]
+    head = [
+        "backbone",
+        "input",
+        "params",
+        "eager ms",
+        "plain ORT ms",
+        "ours FP32 ms",
+        "ours INT8 ms",
+        "host FPS (ours FP32)",
+        "nodes plain -> ours",
+        "size FP32 MB",
+        "size INT8 MB",
+        "INT8/FP32 size",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         t = r.timings
-        out.append("| " + " | ".join([
-            r.backbone, f"{r.input[0]}x{r.input[1]}", f"{r.params / 1e6:.2f}M", _ms(t["eager"]), _ms(t["plain"]),
-            _ms(t["ours"]), _ms(t["int8"]), f"{1000 / t['ours'].median_ms:.1f}", f"{r.nodes['plain']} -> {r.nodes['ours']}",
-            _mb(r.bytes["ours"]), _mb(r.bytes["int8"]), f"{r.bytes['int8'] / r.bytes['ours']:.3f}"]) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r.backbone,
+                    f"{r.input[0]}x{r.input[1]}",
+                    f"{r.params / 1e6:.2f}M",
+                    _ms(t["eager"]),
+                    _ms(t["plain"]),
+                    _ms(t["ours"]),
+                    _ms(t["int8"]),
+                    f"{1000 / t['ours'].median_ms:.1f}",
+                    f"{r.nodes['plain']} -> {r.nodes['ours']}",
+                    _mb(r.bytes["ours"]),
+                    _mb(r.bytes["int8"]),
+                    f"{r.bytes['int8'] / r.bytes['ours']:.3f}",
+                ]
+            )
+            + " |"
+        )
     return out
 
 
@@ -359,19 +418,41 @@ def int8_fused(row: Row) -> tuple[int, int]:
 
 
 def detail_table(rows: list[Row]) -> list[str]:
-    head = ["backbone", "eager ms p25-p75", "plain ms p25-p75", "ours ms p25-p75", "INT8 ms p25-p75",
-            "ours/plain (95% CI)", "ours vs plain", "ORT-run graph plain = ours", "INT8 layers ORT runs in int8",
-            "verify max diff",
-            f"profile {rows[0].profile if rows else ''}"]
+    head = [
+        "backbone",
+        "eager ms p25-p75",
+        "plain ms p25-p75",
+        "ours ms p25-p75",
+        "INT8 ms p25-p75",
+        "ours/plain (95% CI)",
+        "ours vs plain",
+        "ORT-run graph plain = ours",
+        "INT8 layers ORT runs in int8",
+        "verify max diff",
+        f"profile {rows[0].profile if rows else ''}",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         t = r.timings
         spread = [f"{t[k].p25_ms:.1f}-{t[k].p75_ms:.1f}" for k in CANDIDATES]
-        out.append("| " + " | ".join([
-            r.backbone, *spread, f"{r.ratio_median:.3f} ({r.ratio_ci95[0]:.3f}-{r.ratio_ci95[1]:.3f})", r.verdict,
-            f"{'yes' if r.ort_graph_same else 'no'} ({r.ort_nodes['plain']} / {r.ort_nodes['ours']} nodes)",
-            "{} / {}".format(*int8_fused(r)), f"{r.fp32_max_diff:.1e}",
-            "pass" if r.profile_passed else "FAIL ({})".format(", ".join(f.split(":")[0] for f in r.profile_failures))]) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r.backbone,
+                    *spread,
+                    f"{r.ratio_median:.3f} ({r.ratio_ci95[0]:.3f}-{r.ratio_ci95[1]:.3f})",
+                    r.verdict,
+                    f"{'yes' if r.ort_graph_same else 'no'} ({r.ort_nodes['plain']} / {r.ort_nodes['ours']} nodes)",
+                    "{} / {}".format(*int8_fused(r)),
+                    f"{r.fp32_max_diff:.1e}",
+                    "pass"
+                    if r.profile_passed
+                    else "FAIL ({})".format(", ".join(f.split(":")[0] for f in r.profile_failures)),
+                ]
+            )
+            + " |"
+        )
     return out
 
 
@@ -382,10 +463,13 @@ def targets(rows: list[Row]) -> tuple[list[str], bool]:
         ratio = r.bytes["int8"] / r.bytes["ours"]
         size_ok = ratio <= INT8_SIZE_TARGET
         ok &= speed_ok and size_ok
-        lines.append(f"{r.backbone}: ours FP32 {r.timings['ours'].median_ms:.2f} ms vs plain {r.timings['plain'].median_ms:.2f} ms, "
-                     f"ratio {r.ratio_median:.3f} (95% CI {r.ratio_ci95[0]:.3f}-{r.ratio_ci95[1]:.3f}) -> {r.verdict}: "
-                     f"at least as fast: {'PASS' if speed_ok else 'FAIL'}; INT8 size {ratio:.3f}x FP32 "
-                     f"(target <= {INT8_SIZE_TARGET}): {'PASS' if size_ok else 'FAIL'}")
+        lines.append(
+            f"{r.backbone}: ours FP32 {r.timings['ours'].median_ms:.2f} ms vs plain "
+            f"{r.timings['plain'].median_ms:.2f} ms, "
+            f"ratio {r.ratio_median:.3f} (95% CI {r.ratio_ci95[0]:.3f}-{r.ratio_ci95[1]:.3f}) -> {r.verdict}: "
+            f"at least as fast: {'PASS' if speed_ok else 'FAIL'}; INT8 size {ratio:.3f}x FP32 "
+            f"(target <= {INT8_SIZE_TARGET}): {'PASS' if size_ok else 'FAIL'}"
+        )
     return lines, ok
 
 
@@ -393,41 +477,52 @@ def int8_note(rows: list[Row]) -> str:
     """The honest INT8 paragraph, with this run's figures in it."""
     slower = [r.backbone for r in rows if r.timings["int8"].median_ms > r.timings["ours"].median_ms]
     fused = sum(int8_fused(r)[0] for r in rows), sum(int8_fused(r)[1] for r in rows)
-    measured = (f"In this run the INT8 file was slower than FP32 for {len(slower)} of {len(rows)} backbones"
-                + (f" ({', '.join(slower)})" if slower and len(slower) < len(rows) else "")
-                + f"; ONNX Runtime ran {fused[0]} of {fused[1]} conv/gemm layers as fused int8 kernels (QLinearConv, QGemm), "
-                f"CPU int8 dot-product instructions here: {cpu_int8_flags()}.")
-    return ("**INT8 on a host CPU.** The INT8 file is made for the NPU toolchain (and is ~0.3x the size to ship); its "
-            "host-CPU latency says little about the NPU. On a host CPU a QDQ INT8 model is often *slower* than FP32: "
-            "ONNX Runtime's CPU kernels do not always run a QDQ graph as fused int8 (a QuantizeLinear/DequantizeLinear "
-            "pair left around a layer, an op without an int8 kernel, or a CPU without fast int8 dot products all cost "
-            "time), while the FP32 path gets the NCHWc convolutions. " + measured + " Read the INT8 column as a size and "
-            "correctness check, not as the NPU's speed-up.")
+    measured = (
+        f"In this run the INT8 file was slower than FP32 for {len(slower)} of {len(rows)} backbones"
+        + (f" ({', '.join(slower)})" if slower and len(slower) < len(rows) else "")
+        + f"; ONNX Runtime ran {fused[0]} of {fused[1]} conv/gemm layers as fused int8 kernels (QLinearConv, QGemm), "
+        f"CPU int8 dot-product instructions here: {cpu_int8_flags()}."
+    )
+    return (
+        "**INT8 on a host CPU.** The INT8 file is made for the NPU toolchain (and is ~0.3x the size to ship); its "
+        "host-CPU latency says little about the NPU. On a host CPU a QDQ INT8 model is often *slower* than FP32: "
+        "ONNX Runtime's CPU kernels do not always run a QDQ graph as fused int8 (a QuantizeLinear/DequantizeLinear "
+        "pair left around a layer, an op without an int8 kernel, or a CPU without fast int8 dot products all cost "
+        "time), while the FP32 path gets the NCHWc convolutions. " + measured + " Read the INT8 column as a size and "
+        "correctness check, not as the NPU's speed-up."
+    )
 
 
 def ort_note(rows: list[Row]) -> str:
     same = [r.backbone for r in rows if r.ort_graph_same]
     differ = [f"{r.backbone}: {r.ort_graph_diff}" for r in rows if not r.ort_graph_same]
-    return ("*ORT-run graph plain = ours*: the two FP32 files compared after ONNX Runtime's own graph optimizations "
-            "(ORT_ENABLE_ALL: the graph it actually executes), by operator, domain and attributes. Our passes remove "
-            "nodes ORT would otherwise fold at load time (Identity, Constant, Dropout, the Pad chain of EfficientNet's "
-            "static-same convolutions), so the node counts drop without changing what ORT runs. "
-            f"Executed graphs identical for {len(same)} of {len(rows)} backbones"
-            + (f"; they differ for {'; '.join(differ)}." if differ else ".")
-            + " Where they are identical, any ours/plain difference is measurement noise, not the passes.")
+    return (
+        "*ORT-run graph plain = ours*: the two FP32 files compared after ONNX Runtime's own graph optimizations "
+        "(ORT_ENABLE_ALL: the graph it actually executes), by operator, domain and attributes. Our passes remove "
+        "nodes ORT would otherwise fold at load time (Identity, Constant, Dropout, the Pad chain of EfficientNet's "
+        "static-same convolutions), so the node counts drop without changing what ORT runs. "
+        f"Executed graphs identical for {len(same)} of {len(rows)} backbones"
+        + (f"; they differ for {'; '.join(differ)}." if differ else ".")
+        + " Where they are identical, any ours/plain difference is measurement noise, not the passes."
+    )
 
 
 def profile_note(rows: list[Row]) -> list[str]:
     failed = [r for r in rows if not r.profile_passed]
     if not rows or not failed:
         return []
-    return ["", f"*profile {rows[0].profile}*: the chip-profile check `pytorch2onnx.py` runs on the FP32 file (the file is "
-            "written either way). " + " ".join(f"{r.backbone}: {'; '.join(r.profile_failures)}." for r in failed)]
+    return [
+        "",
+        f"*profile {rows[0].profile}*: the chip-profile check `pytorch2onnx.py` runs on the FP32 file (the file is "
+        "written either way). " + " ".join(f"{r.backbone}: {'; '.join(r.profile_failures)}." for r in failed),
+    ]
 
 
 def cpu_int8_flags() -> str:
     try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
+        flags = set(
+            next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        )
     except (OSError, StopIteration):
         return "unknown"
     found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
@@ -435,8 +530,10 @@ def cpu_int8_flags() -> str:
 
 
 SPIN_ON = "on (its default)"
-SPIN_OFF = ("off: ORT's default spinning saves thread wake-ups on an idle machine, but on this shared one it made the "
-            "timings bimodal (a spinning thread holds the core its partner needs)")
+SPIN_OFF = (
+    "off: ORT's default spinning saves thread wake-ups on an idle machine, but on this shared one it made the "
+    "timings bimodal (a spinning thread holds the core its partner needs)"
+)
 
 
 def write_markdown(path: Path, rows: list[Row], meta: dict, target_lines: list[str], all_ok: bool) -> None:
@@ -450,28 +547,37 @@ def write_markdown(path: Path, rows: list[Row], meta: dict, target_lines: list[s
         "",
         f"    {meta['command']}",
         "",
-        "Columns: *eager* is the PyTorch module; *plain ORT* is `torch.onnx.export(model, opset_version=13, dynamo=False)` "
-        "of the same module in ONNX Runtime; *ours* is the file `pytorch2onnx.py` writes (`edgecls.export.pipeline.run_export`: "
-        "NPU surgery, simplify, graph passes, metadata, verified against PyTorch on real photographs); *INT8* is the same "
+        "Columns: *eager* is the PyTorch module; *plain ORT* is `torch.onnx.export(model, opset_version=13, "
+        "dynamo=False)` "
+        "of the same module in ONNX Runtime; *ours* is the file `pytorch2onnx.py` writes "
+        "(`edgecls.export.pipeline.run_export`: "
+        "NPU surgery, simplify, graph passes, metadata, verified against PyTorch on real photographs); *INT8* "
+        "is the same "
         f"run's `--quantize int8` file (QDQ, per-channel weights, calibrated on {meta['calib_count']} crops of "
         "scikit-learn's sample photographs). Latencies are the median over "
-        f"{meta['repeats']} interleaved rounds (every candidate once per round, in balanced orders so each follows every other "
-        f"equally often, {meta['gap_ms']:g} ms pause before each call so the previous candidate's spinning threads are idle: "
+        f"{meta['repeats']} interleaved rounds (every candidate once per round, in balanced orders so each "
+        f"follows every other "
+        f"equally often, {meta['gap_ms']:g} ms pause before each call so the previous candidate's spinning "
+        f"threads are idle: "
         f"with a 5 ms pause and plain always timed just before ours, ours measured 1.3-1.4x slower here although ORT "
         f"runs the identical graph); "
         f"ONNX Runtime worker spinning {SPIN_ON if meta['ort_spinning'] else SPIN_OFF}. "
         f"The second table gives "
         "the spread and the paired ours/plain ratio (median of per-round ratios, bootstrap 95% interval).",
         "",
-        "**Host-CPU FPS, not NPU FPS.** Kneron's model-zoo table reports FPS on the KL520/KL720 NPU. No NPU is attached "
-        f"here, so *host FPS* is 1000 / (ours FP32 ms): single-image throughput of the FP32 file in ONNX Runtime on this "
+        "**Host-CPU FPS, not NPU FPS.** Kneron's model-zoo table reports FPS on the KL520/KL720 NPU. No NPU is "
+        "attached "
+        f"here, so *host FPS* is 1000 / (ours FP32 ms): single-image throughput of the FP32 file in ONNX "
+        f"Runtime on this "
         f"CPU with {meta['threads']} threads. It ranks backbones by cost on a host; it does not predict NPU FPS.",
         "",
         int8_note(rows),
         "",
-        f"Machine load while measuring (1-min load average, start -> end): {meta['load_start']:.2f} -> {meta['load_end']:.2f}. "
+        f"Machine load while measuring (1-min load average, start -> end): {meta['load_start']:.2f} -> "
+        f"{meta['load_end']:.2f}. "
         f"On a shared machine absolute milliseconds move with the load; the paired ratio is the robust figure. "
-        f"PyTorch eager is the most load-sensitive column: its {meta['threads']} OpenMP threads meet at a barrier after "
+        f"PyTorch eager is the most load-sensitive column: its {meta['threads']} OpenMP threads meet at a "
+        f"barrier after "
         f"every operator, so when another process takes a core each barrier waits for a descheduled thread.",
         "",
         *main_table(rows),
@@ -484,7 +590,8 @@ def write_markdown(path: Path, rows: list[Row], meta: dict, target_lines: list[s
         *profile_note(rows),
         "",
         f"Targets: ours FP32 at least as fast as the plain export for every backbone (a backbone fails only when the "
-        f"whole 95% interval of ours/plain lies above {1 + SLOWER_TOLERANCE:.2f}); INT8 file <= {INT8_SIZE_TARGET}x the FP32 "
+        f"whole 95% interval of ours/plain lies above {1 + SLOWER_TOLERANCE:.2f}); INT8 file <= "
+        f"{INT8_SIZE_TARGET}x the FP32 "
         f"file. Result: {'all PASS' if all_ok else 'FAIL (see below)'}.",
         "",
         *[f"- {line}" for line in target_lines],
@@ -498,24 +605,44 @@ def write_markdown(path: Path, rows: list[Row], meta: dict, target_lines: list[s
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbones", nargs="+", default=None, metavar="NAME",
-                    help="backbones to measure (default: every registered built-in backbone)")
+    ap.add_argument(
+        "--backbones",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="backbones to measure (default: every registered built-in backbone)",
+    )
     ap.add_argument("--repeats", type=int, default=40, help="interleaved timing rounds per backbone (default: 40)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs of each candidate first (default: 3)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op and torch threads (default: 2)")
-    ap.add_argument("--gap-ms", type=float, default=50.0,
-                    help="pause before each timed call, so the previous candidate's threads stop spinning (default: 50)")
-    ap.add_argument("--ort-spinning", action="store_true",
-                    help="keep ONNX Runtime's default of spinning worker threads (default: off; spinning is a little "
-                         "faster on an idle machine, and noisy and slower on a shared one)")
+    ap.add_argument(
+        "--gap-ms",
+        type=float,
+        default=50.0,
+        help="pause before each timed call, so the previous candidate's threads stop spinning (default: 50)",
+    )
+    ap.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="keep ONNX Runtime's default of spinning worker threads (default: off; spinning is a little "
+        "faster on an idle machine, and noisy and slower on a shared one)",
+    )
     ap.add_argument("--calib-count", type=int, default=16, help="INT8 calibration photographs (default: 16)")
     ap.add_argument("--verify-count", type=int, default=8, help="photographs for FP32 verification (default: 8)")
-    ap.add_argument("--num-classes", type=int, default=None,
-                    help="classifier classes (default: 1000 as in ImageNet zoos; 2 for FP_classifier)")
+    ap.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier classes (default: 1000 as in ImageNet zoos; 2 for FP_classifier)",
+    )
     ap.add_argument("--profile", default="kl520", help="chip profile run_export checks (default: kl520)")
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"Markdown report (default: {DEFAULT_OUT.relative_to(REPO)})")
+    ap.add_argument(
+        "--out", default=str(DEFAULT_OUT), help=f"Markdown report (default: {DEFAULT_OUT.relative_to(REPO)})"
+    )
     ap.add_argument("--json", default=None, help="also write the results as JSON here (default: none)")
-    ap.add_argument("--keep", default=None, metavar="DIR", help="keep the ONNX files in DIR (default: a temp folder, removed)")
+    ap.add_argument(
+        "--keep", default=None, metavar="DIR", help="keep the ONNX files in DIR (default: a temp folder, removed)"
+    )
     args = ap.parse_args(argv)
     if args.repeats < 3:
         ap.error("--repeats must be at least 3")
@@ -544,7 +671,7 @@ def main(argv=None) -> int:
     import torch
 
     from edgecls.errors import UserError
-    from edgecls.models import list_models, get_spec
+    from edgecls.models import get_spec, list_models
 
     torch.set_num_threads(args.threads)
     builtin = [n for n in list_models() if get_spec(n).source.startswith("edgecls.")]
@@ -569,19 +696,36 @@ def main(argv=None) -> int:
                 return 2
             rows.append(row)
             t = row.timings
-            print(f"{name:<18} eager {t['eager'].median_ms:7.1f}  plain {t['plain'].median_ms:7.2f}  "
-                  f"ours {t['ours'].median_ms:7.2f}  int8 {t['int8'].median_ms:7.2f} ms  ours/plain {row.ratio_median:.3f} "
-                  f"[{row.ratio_ci95[0]:.3f}, {row.ratio_ci95[1]:.3f}] {row.verdict}; nodes {row.nodes['plain']}->{row.nodes['ours']}; "
-                  f"ORT-run graphs {'identical' if row.ort_graph_same else 'differ'}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{name:<18} eager {t['eager'].median_ms:7.1f}  plain {t['plain'].median_ms:7.2f}  "
+                f"ours {t['ours'].median_ms:7.2f}  int8 {t['int8'].median_ms:7.2f} ms  ours/plain "
+                f"{row.ratio_median:.3f} "
+                f"[{row.ratio_ci95[0]:.3f}, {row.ratio_ci95[1]:.3f}] {row.verdict}; nodes "
+                f"{row.nodes['plain']}->{row.nodes['ours']}; "
+                f"ORT-run graphs {'identical' if row.ort_graph_same else 'differ'}  ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     total_s = time.perf_counter() - start
 
     command = reproduce_command(args)
-    meta = {"date": dt.date.today().isoformat(), "machine": machine(), "versions": versions(), "threads": args.threads,
-            "repeats": args.repeats, "gap_ms": args.gap_ms, "ort_spinning": args.ort_spinning, "calib_count": args.calib_count, "num_classes": args.num_classes, "command": command,
-            "load_start": load_start, "load_end": os.getloadavg()[0], "total_s": total_s}
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "gap_ms": args.gap_ms,
+        "ort_spinning": args.ort_spinning,
+        "calib_count": args.calib_count,
+        "num_classes": args.num_classes,
+        "command": command,
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "total_s": total_s,
+    }
     target_lines, all_ok = targets(rows)
     print("\n" + "\n".join(main_table(rows)) + "\n")
     print("\n".join(target_lines))
@@ -589,9 +733,20 @@ def main(argv=None) -> int:
     write_markdown(Path(args.out), rows, meta, target_lines, all_ok)
     print(f"wrote {args.out}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"benchmark": "onnx_speed", **meta, "all_targets_pass": all_ok,
-                                               "int8_size_target": INT8_SIZE_TARGET, "slower_tolerance": SLOWER_TOLERANCE,
-                                               "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "benchmark": "onnx_speed",
+                    **meta,
+                    "all_targets_pass": all_ok,
+                    "int8_size_target": INT8_SIZE_TARGET,
+                    "slower_tolerance": SLOWER_TOLERANCE,
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
     return 0
 

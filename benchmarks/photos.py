@@ -52,7 +52,7 @@ def random_view(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generat
     else:
         w, h = width, height
     left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-    img = Image.fromarray(photo[top:top + h, left:left + w]).resize(size, Image.BILINEAR)
+    img = Image.fromarray(photo[top : top + h, left : left + w]).resize(size, Image.BILINEAR)
     return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
@@ -69,8 +69,14 @@ def _write_chunk(job) -> int:
     return count
 
 
-def write_photo_dataset(out: str | os.PathLike, train: int, val: int, size: tuple[int, int] = (500, 375),
-                        seed: int = 0, workers: int | None = None) -> Path:
+def write_photo_dataset(
+    out: str | os.PathLike,
+    train: int,
+    val: int,
+    size: tuple[int, int] = (500, 375),
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
     """OUT/train/<photo>/*.jpg and OUT/val/<photo>/*.jpg; reused as-is when it already holds the files."""
     out = Path(out)
     have = {s: sum(1 for _ in (out / s).rglob("*.jpg")) if (out / s).is_dir() else 0 for s in ("train", "val")}
@@ -99,8 +105,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     out = write_photo_dataset(args.out, args.train, args.val, (w, h), args.seed)
-    print(f"photo dataset: {out} ({args.train} train + {args.val} val JPEGs, {w}x{h}, "
-          f"{len(source_photos())} classes)")
+    print(f"photo dataset: {out} ({args.train} train + {args.val} val JPEGs, {w}x{h}, {len(source_photos())} classes)")
     return 0
 
 

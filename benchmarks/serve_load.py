@@ -50,11 +50,23 @@ def build_mobilenetv2_onnx(out: Path) -> Path:
     h, w = spec.input_size
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice is noise here
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, torch.zeros(1, 3, h, w), str(out), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            torch.zeros(1, 3, h, w),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     proto = onnx.load(str(out))
-    write_metadata(proto, classes=[f"class{i}" for i in range(10)],
-                   preprocess=Preprocess(input_size=spec.input_size, preset=spec.preprocess), backbone="mobilenetv2")
+    write_metadata(
+        proto,
+        classes=[f"class{i}" for i in range(10)],
+        preprocess=Preprocess(input_size=spec.input_size, preset=spec.preprocess),
+        backbone="mobilenetv2",
+    )
     onnx.save(proto, str(out))
     return out
 
@@ -86,8 +98,12 @@ def bare_rates(model: Path, jpeg: bytes, seconds: float, threads: int | None) ->
     one = predictor.preprocess_image(load_rgb_bytes(jpeg))[None]
     model_rate, model_n = rate_for(seconds, lambda: predictor.predict_arrays(one))
     full_rate, full_n = rate_for(seconds, lambda: predictor.predict_images([load_rgb_bytes(jpeg)]))
-    return {"predict_arrays_batch1_per_s": model_rate, "predict_arrays_calls": model_n,
-            "decode_and_predict_batch1_per_s": full_rate, "decode_and_predict_calls": full_n}
+    return {
+        "predict_arrays_batch1_per_s": model_rate,
+        "predict_arrays_calls": model_n,
+        "decode_and_predict_batch1_per_s": full_rate,
+        "decode_and_predict_calls": full_n,
+    }
 
 
 def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[subprocess.Popen, str, int]:
@@ -106,10 +122,18 @@ def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[su
 
 def multipart_request(host: str, port: int, path: str, jpeg: bytes) -> bytes:
     boundary = "edgeclsbenchboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"img\"; filename=\"photo.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="img"; filename="photo.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -154,9 +178,18 @@ async def load(host: str, port: int, jpeg: bytes, clients: int, seconds: float) 
     elapsed = time.perf_counter() - start
     ok = len(latencies) - len(errors)
     lat = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
-    return {"clients": clients, "seconds": elapsed, "requests": len(latencies), "ok": ok, "failed": len(errors),
-            "requests_per_s": ok / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "first_errors": errors[:5]}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(latencies),
+        "ok": ok,
+        "failed": len(errors),
+        "requests_per_s": ok / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "first_errors": errors[:5],
+    }
 
 
 def health(host: str, port: int) -> dict:
@@ -167,8 +200,9 @@ def health(host: str, port: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="a .onnx or .pth to serve (default: build mobilenetv2 ONNX)")
     parser.add_argument("--image", default=None, help="image file each request uploads (default: sklearn china.jpg)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent keep-alive clients")
@@ -182,8 +216,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else build_mobilenetv2_onnx(Path(tmp) / "mobilenetv2.onnx")
         jpeg = Path(args.image).read_bytes() if args.image else sample_jpeg()
-        print(f"model {model.name}, image {len(jpeg) / 1024:.0f} KiB, {args.clients} clients x {args.duration:g} s, "
-              f"{os.cpu_count()} CPUs", flush=True)
+        print(
+            f"model {model.name}, image {len(jpeg) / 1024:.0f} KiB, {args.clients} clients x {args.duration:g} s, "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
         bare = bare_rates(model, jpeg, args.baseline_seconds, args.threads)
         proc, host, port = start_server(model, args.threads, args.server_arg)
         try:
@@ -206,10 +243,18 @@ def main(argv=None) -> int:
     served["server_alive_after"] = alive
     ratio = served["requests_per_s"] / bare["predict_arrays_batch1_per_s"]
     ratio_full = served["requests_per_s"] / bare["decode_and_predict_batch1_per_s"]
-    result = {"benchmark": "serve_load", "model": model.name, "image_bytes": len(jpeg), "cpus": os.cpu_count(),
-              "python": platform.python_version(), "baseline": bare, "served": served,
-              "served_over_bare_batch1": ratio, "served_over_decode_and_predict_batch1": ratio_full,
-              "targets": {"zero_failed": served["failed"] == 0, "ratio_ge_0.8": ratio >= 0.8}}
+    result = {
+        "benchmark": "serve_load",
+        "model": model.name,
+        "image_bytes": len(jpeg),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "baseline": bare,
+        "served": served,
+        "served_over_bare_batch1": ratio,
+        "served_over_decode_and_predict_batch1": ratio_full,
+        "targets": {"zero_failed": served["failed"] == 0, "ratio_ge_0.8": ratio >= 0.8},
+    }
 
     print(f"{'measure':<44} {'value':>12}")
     print(f"{'bare Predictor batch-1 (predict_arrays) /s':<44} {bare['predict_arrays_batch1_per_s']:>12.1f}")

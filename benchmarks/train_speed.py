@@ -45,12 +45,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 for the CPU")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast in both the ceiling and train.py")
     ap.add_argument("--compile", action="store_true", help="torch.compile in both the ceiling and train.py")
-    ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
-                    help="cudnn autotuning in both the ceiling and train.py (train.py's default: off)")
+    ap.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="cudnn autotuning in both the ceiling and train.py (train.py's default: off)",
+    )
     ap.add_argument("--epochs", type=int, default=3, help="train.py epochs (steady state = epochs 2..N)")
     ap.add_argument("--workers", type=int, default=None, help="train.py --workers (default: CPU count, max 16)")
     ap.add_argument("--cache-images", default="auto", help="train.py --cache-images")
-    ap.add_argument("--ceiling-steps", type=int, default=None, help="timed steps per window, best of 3 windows (default: 30 on GPU, 6 on CPU)")
+    ap.add_argument(
+        "--ceiling-steps",
+        type=int,
+        default=None,
+        help="timed steps per window, best of 3 windows (default: 30 on GPU, 6 on CPU)",
+    )
     ap.add_argument("--no-second-run", dest="second_run", action="store_false", help="skip the 1-epoch second run")
     ap.add_argument("--scan-only", action="store_true", help="only time train.py's dataset scan, cold then warm")
     ap.add_argument("--train-arg", action="append", default=[], help="extra train.py argument (repeatable)")
@@ -86,8 +95,10 @@ def ceiling(args, num_classes: int) -> dict:
     # Pre-made input tensors: the dataset's own first images through the eval transform, already on
     # the device. (Random inputs are not neutral: on the CPU, randn batches make mobilenetv2's step
     # ~10% slower than real images do, through denormal arithmetic.)
-    batches = [(x.to(device), torch.randint(0, num_classes, (args.batch_size,), device=device))
-               for x in real_batches(args, (h, w), count=4)]  # rotate a few inputs: never time one buffer
+    batches = [
+        (x.to(device), torch.randint(0, num_classes, (args.batch_size,), device=device))
+        for x in real_batches(args, (h, w), count=4)
+    ]  # rotate a few inputs: never time one buffer
     if channels_last:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
 
@@ -116,8 +127,14 @@ def ceiling(args, num_classes: int) -> dict:
         sync()
         windows.append(time.perf_counter() - start)
     seconds = min(windows)
-    return {"images_per_s": round(steps * args.batch_size / seconds, 1), "steps": steps, "seconds": round(seconds, 3),
-            "windows_s": [round(w, 3) for w in windows], "device": str(device), "threads": torch.get_num_threads()}
+    return {
+        "images_per_s": round(steps * args.batch_size / seconds, 1),
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "windows_s": [round(w, 3) for w in windows],
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def real_batches(args, size: tuple[int, int], count: int) -> list:
@@ -141,9 +158,31 @@ def real_batches(args, size: tuple[int, int], count: int) -> list:
 def run_train(args, run_dir: Path, epochs: int) -> dict:
     """train.py in a subprocess; its summary.csv and timings.json."""
     workers = args.workers if args.workers is not None else min(16, os.cpu_count() or 1)
-    cmd = [sys.executable, str(REPO / "train.py"), args.data, "--backbone", args.backbone, "--epochs", str(epochs),
-           "--early-stop", "0", "--batch-size", str(args.batch_size), "--gpu", str(args.gpu), "--workers", str(workers),
-           "--snapshot-path", str(run_dir), "--seed", "0", "--model-def-path", "", "--cache-images", args.cache_images]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        args.data,
+        "--backbone",
+        args.backbone,
+        "--epochs",
+        str(epochs),
+        "--early-stop",
+        "0",
+        "--batch-size",
+        str(args.batch_size),
+        "--gpu",
+        str(args.gpu),
+        "--workers",
+        str(workers),
+        "--snapshot-path",
+        str(run_dir),
+        "--seed",
+        "0",
+        "--model-def-path",
+        "",
+        "--cache-images",
+        args.cache_images,
+    ]
     if args.input_size:
         cmd += ["--input-size", args.input_size]
     if args.amp:
@@ -153,8 +192,13 @@ def run_train(args, run_dir: Path, epochs: int) -> dict:
     cmd.append("--cudnn-benchmark" if args.cudnn_benchmark else "--no-cudnn-benchmark")
     cmd += args.train_arg
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))))
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"error: train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -178,9 +222,11 @@ def scan_only(args) -> dict:
         out["files"] = sum(len(s.samples) + len(s.bad) for s in splits.values())
         out["bad"] = sum(len(s.bad) for s in splits.values())
         out["classes"] = len(classes)
-    print(f"scan of {args.data}: {out['files']:,} files ({out['bad']} bad), {out['classes']} classes; "
-          f"cold {out['cold_s']:.1f} s ({out['files'] / out['cold_s']:,.0f} files/s), warm {out['warm_s']:.1f} s "
-          f"on {os.cpu_count()} CPU(s); target <= 60 s for 70,000 files on 2 cores")
+    print(
+        f"scan of {args.data}: {out['files']:,} files ({out['bad']} bad), {out['classes']} classes; "
+        f"cold {out['cold_s']:.1f} s ({out['files'] / out['cold_s']:,.0f} files/s), warm {out['warm_s']:.1f} s "
+        f"on {os.cpu_count()} CPU(s); target <= 60 s for 70,000 files on 2 cores"
+    )
     return out
 
 
@@ -207,31 +253,60 @@ def main(argv=None) -> int:
         rows, timings = first["rows"], first["timings"]
         epoch1 = float(rows[0]["seconds"])
         first_rate = timings["train_images"] / (timings["cache_s"] + epoch1)
-        steady = statistics.median(float(r["images_per_s"]) for r in rows[1:]) if len(rows) > 1 else float(rows[0]["images_per_s"])
+        steady = (
+            statistics.median(float(r["images_per_s"]) for r in rows[1:])
+            if len(rows) > 1
+            else float(rows[0]["images_per_s"])
+        )
         h, w = input_size(args)
-        result.update({
-            "backbone": args.backbone, "input": [h, w], "batch_size": args.batch_size, "amp": args.amp,
-            "compile": args.compile, "cudnn_benchmark": args.cudnn_benchmark, "ceiling": top, "train": first, "second_run": second,
-            "first_epoch_images_per_s": round(first_rate, 1), "steady_images_per_s": round(steady, 1),
-            "first_epoch_ratio": round(first_rate / top["images_per_s"], 3),
-            "steady_ratio": round(steady / top["images_per_s"], 3),
-        })
+        result.update(
+            {
+                "backbone": args.backbone,
+                "input": [h, w],
+                "batch_size": args.batch_size,
+                "amp": args.amp,
+                "compile": args.compile,
+                "cudnn_benchmark": args.cudnn_benchmark,
+                "ceiling": top,
+                "train": first,
+                "second_run": second,
+                "first_epoch_images_per_s": round(first_rate, 1),
+                "steady_images_per_s": round(steady, 1),
+                "first_epoch_ratio": round(first_rate / top["images_per_s"], 3),
+                "steady_ratio": round(steady / top["images_per_s"], 3),
+            }
+        )
         where = result["machine"].get("gpu") or f"{os.cpu_count()} CPUs, {top['threads']} threads"
-        print(f"{args.backbone} {h}x{w} batch {args.batch_size} {'bf16' if args.amp else 'fp32'} on {top['device']} ({where}):")
+        print(
+            f"{args.backbone} {h}x{w} batch {args.batch_size} {'bf16' if args.amp else 'fp32'} on "
+            f"{top['device']} ({where}):"
+        )
         print(f"  {'measure':<34}{'images/s':>10}{'x ceiling':>11}")
         print(f"  {'ceiling (pre-made tensors)':<34}{top['images_per_s']:>10,.0f}{1:>11.2f}")
         print(f"  {'train.py first epoch (+cache)':<34}{first_rate:>10,.0f}{result['first_epoch_ratio']:>11.2f}")
         print(f"  {'train.py steady state':<34}{steady:>10,.0f}{result['steady_ratio']:>11.2f}")
-        print(f"  scan {timings['scan_s']:.1f} s, cache ({timings['cache']}) {timings['cache_s']:.1f} s for "
-              f"{timings['train_images']:,} + {timings['val_images']:,} images; peak memory "
-              f"{max(float(r['peak_mem_mb']) for r in rows):,.0f} MB; train.py wall {first['wall_s']:.0f} s")
-        print(f"  first epoch {timings['first_epoch_s']:.1f} s (later: {float(rows[-1]['seconds']):.1f} s): first step "
-              f"{timings['first_step_s']:.1f} s" + (f" (of which {timings['fill_first_wait_s']:.1f} s waiting for its rows), "
-                                                    f"cache fill {timings['fill_s']:.1f} s beside the epoch, training waited "
-                                                    f"{timings['fill_wait_s']:.1f} s for rows" if "fill_wait_s" in timings else ""))
+        print(
+            f"  scan {timings['scan_s']:.1f} s, cache ({timings['cache']}) {timings['cache_s']:.1f} s for "
+            f"{timings['train_images']:,} + {timings['val_images']:,} images; peak memory "
+            f"{max(float(r['peak_mem_mb']) for r in rows):,.0f} MB; train.py wall {first['wall_s']:.0f} s"
+        )
+        print(
+            f"  first epoch {timings['first_epoch_s']:.1f} s (later: {float(rows[-1]['seconds']):.1f} s): first step "
+            f"{timings['first_step_s']:.1f} s"
+            + (
+                f" (of which {timings['fill_first_wait_s']:.1f} s waiting for its rows), "
+                f"cache fill {timings['fill_s']:.1f} s beside the epoch, training waited "
+                f"{timings['fill_wait_s']:.1f} s for rows"
+                if "fill_wait_s" in timings
+                else ""
+            )
+        )
         if second:
             t2 = second["timings"]
-            print(f"  second run: scan {t2['scan_s']:.1f} s (verify cache reused), cache ({t2['cache']}) {t2['cache_s']:.1f} s")
+            print(
+                f"  second run: scan {t2['scan_s']:.1f} s (verify cache reused), cache ({t2['cache']}) "
+                f"{t2['cache_s']:.1f} s"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -82,11 +82,19 @@ def precision_recall_f1(cm: np.ndarray) -> dict:
             "f1": f1.tolist(),
             "support": support.astype(np.int64).tolist(),
         },
-        "macro": {"precision": float(precision.sum() / n), "recall": float(recall.sum() / n),
-                  "f1": float(f1.sum() / n), "support": int(total_support)},
+        "macro": {
+            "precision": float(precision.sum() / n),
+            "recall": float(recall.sum() / n),
+            "f1": float(f1.sum() / n),
+            "support": int(total_support),
+        },
         "micro": {"precision": mp, "recall": mr, "f1": mf, "support": int(total_support)},
-        "weighted": {"precision": float((precision * weights).sum()), "recall": float((recall * weights).sum()),
-                     "f1": float((f1 * weights).sum()), "support": int(total_support)},
+        "weighted": {
+            "precision": float((precision * weights).sum()),
+            "recall": float((recall * weights).sum()),
+            "f1": float((f1 * weights).sum()),
+            "support": int(total_support),
+        },
     }
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -134,8 +134,10 @@ def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
     if fixed is None or tuple(size) == tuple(fixed):
         return
     h, w = fixed
-    raise UserError(f"--input-size {size[0]}x{size[1]}: {path} takes a fixed {h}x{w} input; drop --input-size "
-                    f"or pass --input-size {h}x{w}")
+    raise UserError(
+        f"--input-size {size[0]}x{size[1]}: {path} takes a fixed {h}x{w} input; drop --input-size "
+        f"or pass --input-size {h}x{w}"
+    )
 
 
 class _OnnxRunner:
@@ -159,8 +161,17 @@ class _OnnxRunner:
 class Predictor:
     """Classify images with a checkpoint or an ONNX file; scores are softmax probabilities."""
 
-    def __init__(self, runner, *, classes: list[str], preprocess: Preprocess, backbone: str, kind: str, path: str,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        runner,
+        *,
+        classes: list[str],
+        preprocess: Preprocess,
+        backbone: str,
+        kind: str,
+        path: str,
+        device: str = "cpu",
+    ):
         self._run = runner
         self.classes = list(classes)
         self.preprocess = preprocess
@@ -171,9 +182,18 @@ class Predictor:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_path(cls, path, *, device="cpu", backbone=None, model_def_path=None, class_names=None,
-                  num_threads=None, preprocess: Preprocess | None = None,
-                  input_size_from_graph: bool = False) -> "Predictor":
+    def from_path(
+        cls,
+        path,
+        *,
+        device="cpu",
+        backbone=None,
+        model_def_path=None,
+        class_names=None,
+        num_threads=None,
+        preprocess: Preprocess | None = None,
+        input_size_from_graph: bool = False,
+    ) -> Predictor:
         """Load a .pth (edgecls checkpoint or bare state_dict) or a .onnx file.
 
         `class_names` overrides the stored names (same count required); `preprocess`
@@ -223,8 +243,15 @@ class Predictor:
             model.eval()
             classes, name = class_names, backbone
             prep = preprocess or Preprocess(input_size=spec.input_size, preset=spec.preprocess)
-        return cls(_TorchRunner(model, device), classes=classes, preprocess=prep, backbone=name, kind="torch",
-                   path=str(p), device=device)
+        return cls(
+            _TorchRunner(model, device),
+            classes=classes,
+            preprocess=prep,
+            backbone=name,
+            kind="torch",
+            path=str(p),
+            device=device,
+        )
 
     @classmethod
     def _from_onnx(cls, p, device, class_names, num_threads, preprocess, input_size_from_graph=False):
@@ -265,12 +292,21 @@ class Predictor:
             check_input_size(p, fixed, preprocess.input_size)
         prep = preprocess or meta["preprocess"]
         if fixed is not None and tuple(fixed) != tuple(prep.input_size):
-            raise UserError(f"{p}: the graph takes {fixed[0]}x{fixed[1]} input but its metadata says "
-                            f"{prep.input_size[0]}x{prep.input_size[1]}; re-export it with pytorch2onnx.py")
+            raise UserError(
+                f"{p}: the graph takes {fixed[0]}x{fixed[1]} input but its metadata says "
+                f"{prep.input_size[0]}x{prep.input_size[1]}; re-export it with pytorch2onnx.py"
+            )
         fixed_one = isinstance(inp.shape[0], int) and inp.shape[0] == 1
         runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one, fixed_hw=fixed)
-        return cls(runner, classes=class_names or meta["classes"], preprocess=prep, backbone=meta["backbone"],
-                   kind="onnx", path=str(p), device=device)
+        return cls(
+            runner,
+            classes=class_names or meta["classes"],
+            preprocess=prep,
+            backbone=meta["backbone"],
+            kind="onnx",
+            path=str(p),
+            device=device,
+        )
 
     @property
     def fixed_input_size(self) -> tuple[int, int] | None:
@@ -298,8 +334,10 @@ class Predictor:
             return np.zeros((0, len(self.classes)), np.float32)
         probs = self._run(batch)
         if probs.shape[1] != len(self.classes):
-            raise UserError(f"{self.path}: the model gives {probs.shape[1]} scores but there are "
-                            f"{len(self.classes)} class names; pass the matching class map")
+            raise UserError(
+                f"{self.path}: the model gives {probs.shape[1]} scores but there are "
+                f"{len(self.classes)} class names; pass the matching class map"
+            )
         return probs
 
     def predict_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -310,13 +348,20 @@ class Predictor:
     def _load_one(self, path) -> tuple[np.ndarray | None, str | None]:
         try:
             img = load_rgb(path)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as exc:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as exc:
             return None, image_error_reason(exc, path)
         return self.preprocess_image(img), None
 
-    def predict_paths(self, paths: Iterable, batch_size: int = 32, workers: int | None = None
-                      ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    def predict_paths(
+        self, paths: Iterable, batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         """Yield (path, probs, None) or (path, None, reason) per path, in input order.
 
         Decoding and preprocessing run in a thread pool (PIL and numpy release the GIL)
@@ -388,8 +433,10 @@ def _load_state_checked(model, state: dict, path, backbone: str, num_classes: in
     if mismatched and not missing and not unexpected:
         heads = [k for k in mismatched if own[k].shape[1:] == state[k].shape[1:] and own[k].shape[0] == num_classes]
         if heads == mismatched:
-            raise UserError(f"{path}: the weights have {state[heads[0]].shape[0]} outputs but the class map has "
-                            f"{num_classes} classes; pass the class_id.json written with these weights")
+            raise UserError(
+                f"{path}: the weights have {state[heads[0]].shape[0]} outputs but the class map has "
+                f"{num_classes} classes; pass the class_id.json written with these weights"
+            )
     if missing or unexpected or mismatched:
         detail = (missing or unexpected or mismatched)[:3]
         raise UserError(f"{path}: weights do not fit --backbone {backbone} (e.g. {detail}); wrong --backbone?")

@@ -33,9 +33,23 @@ def trained_run(digits_dir, tmp_path_factory) -> Path:
     from edgecls.engine.trainer import TrainConfig, fit
 
     run = tmp_path_factory.mktemp("run") / "fp"
-    fit(TrainConfig(data=str(digits_dir), backbone="FP_classifier", input_size=(32, 32), epochs=6, batch_size=32,
-                    optimizer="ADAMW", lr=3e-3, hflip=0.0, crop_scale=0.8, workers=0, snapshot_path=str(run),
-                    model_def_path=None, seed=0))
+    fit(
+        TrainConfig(
+            data=str(digits_dir),
+            backbone="FP_classifier",
+            input_size=(32, 32),
+            epochs=6,
+            batch_size=32,
+            optimizer="ADAMW",
+            lr=3e-3,
+            hflip=0.0,
+            crop_scale=0.8,
+            workers=0,
+            snapshot_path=str(run),
+            model_def_path=None,
+            seed=0,
+        )
+    )
     return run
 
 
@@ -44,7 +58,11 @@ def trained_ckpt(trained_run) -> Path:
     return trained_run / "best.pth"
 
 
-def run_cmd(args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cmd(
+    args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a repo script / module in a real subprocess with the current interpreter."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )

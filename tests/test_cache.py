@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import signal
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -35,9 +35,14 @@ def val_samples(digits_dir):
 
 
 @pytest.mark.parametrize("mode", ["ram", "disk"])
-@pytest.mark.parametrize("pre", [Preprocess((56, 32), preset="kneron"),
-                                 Preprocess((40, 40), preset="imagenet", resize="center_crop", interpolation="bicubic")],
-                         ids=["squash-kneron", "center_crop-imagenet"])
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocess((56, 32), preset="kneron"),
+        Preprocess((40, 40), preset="imagenet", resize="center_crop", interpolation="bicubic"),
+    ],
+    ids=["squash-kneron", "center_crop-imagenet"],
+)
 def test_cached_eval_batches_equal_uncached_eval_path(val_samples, cache_dir, mode, pre):
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
     images = ic.load_or_build(paths, ic.EvalDecoder(pre), mode, workers=1, log=lambda m: None)
@@ -198,9 +203,24 @@ def test_training_with_disk_cache_reuses_it_on_the_second_run(digits_dir, tmp_pa
     from edgecls.engine.trainer import TrainConfig, fit
 
     def run(name):
-        return fit(TrainConfig(data=str(digits_dir), backbone="FP_classifier", input_size=(32, 32), epochs=2,
-                               batch_size=32, optimizer="ADAMW", lr=3e-3, hflip=0.0, crop_scale=0.8, workers=1,
-                               snapshot_path=str(tmp_path / name), model_def_path=None, seed=0, cache_images="disk"))
+        return fit(
+            TrainConfig(
+                data=str(digits_dir),
+                backbone="FP_classifier",
+                input_size=(32, 32),
+                epochs=2,
+                batch_size=32,
+                optimizer="ADAMW",
+                lr=3e-3,
+                hflip=0.0,
+                crop_scale=0.8,
+                workers=1,
+                snapshot_path=str(tmp_path / name),
+                model_def_path=None,
+                seed=0,
+                cache_images="disk",
+            )
+        )
 
     first = run("a")
     out1 = capsys.readouterr().out
@@ -220,8 +240,14 @@ def photo_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("photos")
     china, flower = load_sample_images().images
     files = []
-    for i, (photo, box) in enumerate([(china, (0, 0, 375, 500)), (flower, (20, 40, 395, 540)),
-                                      (china, (50, 60, 250, 360)), (flower, (0, 0, 427, 640))]):
+    for i, (photo, box) in enumerate(
+        [
+            (china, (0, 0, 375, 500)),
+            (flower, (20, 40, 395, 540)),
+            (china, (50, 60, 250, 360)),
+            (flower, (0, 0, 427, 640)),
+        ]
+    ):
         top, left, bottom, right = box
         path = out / f"plain_{i}.jpg"
         Image.fromarray(photo[top:bottom, left:right]).save(path, quality=90)
@@ -295,17 +321,28 @@ def test_reader_processes_import_from_where_the_training_process_does(photo_fold
 
     system = "/usr/bin/python3"
     probe = subprocess.run([system, "-c", "import sys, numpy"], capture_output=True) if os.path.exists(system) else None
-    same = probe is not None and subprocess.run(
-        [system, "-c", f"import sys; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"]).returncode == 0
+    same = (
+        probe is not None
+        and subprocess.run(
+            [system, "-c", f"import sys; sys.exit(sys.version_info[:2] != {tuple(sys.version_info[:2])})"]
+        ).returncode
+        == 0
+    )
     if not same or probe.returncode == 0:
         pytest.skip("needs a /usr/bin/python3 of this Python version without numpy")
     site = [p for p in sys.path if p.endswith("site-packages")]
     repo = str(Path(__file__).resolve().parents[1])
     png = next(p for p in photo_folder if p.endswith(".png"))
-    code = ("import sys; from edgecls.data.fill_workers import ROW, read_chunks; "
-            "r = list(read_chunks([[sys.argv[1]]], (8, 8))); print(r[0][0].kind == ROW)")
-    done = subprocess.run([system, "-c", code, png], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([repo, *site])})
+    code = (
+        "import sys; from edgecls.data.fill_workers import ROW, read_chunks; "
+        "r = list(read_chunks([[sys.argv[1]]], (8, 8))); print(r[0][0].kind == ROW)"
+    )
+    done = subprocess.run(
+        [system, "-c", code, png],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([repo, *site])},
+    )
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
 
 
@@ -406,12 +443,22 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
     decoder = ic.TrainDecoder(ic.train_cache_size(pre, 0.6))
     aug = ic.BatchAugment(pre, crop_scale=0.6)
     full = DeviceFill(paths, decoder, torch.device("cpu"), log=lambda m: None).run()
-    streamed = DeviceFill(paths, decoder, torch.device("cpu"), order=ic.shuffled_order(len(paths), 11),
-                          log=lambda m: None).start()
+    streamed = DeviceFill(
+        paths, decoder, torch.device("cpu"), order=ic.shuffled_order(len(paths), 11), log=lambda m: None
+    ).start()
 
     def batches(images):
-        return list(ic.CachedLoader(ic.CachedSet(images, labels), 64, torch.device("cpu"), preprocess=pre,
-                                    augment=aug, shuffle=True, seed=11))
+        return list(
+            ic.CachedLoader(
+                ic.CachedSet(images, labels),
+                64,
+                torch.device("cpu"),
+                preprocess=pre,
+                augment=aug,
+                shuffle=True,
+                seed=11,
+            )
+        )
 
     for (x1, y1), (x2, y2) in zip(batches(full), batches(streamed)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -470,10 +517,19 @@ def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monke
     monkeypatch.setattr(gpu_cache, "read_chunks", slow_last_chunk)
     pre = Preprocess((32, 32), preset="kneron")
     order = ic.shuffled_order(len(photo_folder), 5)
-    images = gpu_cache.DeviceFill(photo_folder, ic.TrainDecoder((40, 48)), torch.device("cpu"), order=order,
-                                  log=lambda m: None).start()
-    loader = ic.CachedLoader(ic.CachedSet(images, [0] * len(photo_folder)), 3, torch.device("cpu"), preprocess=pre,
-                             augment=ic.BatchAugment(pre), shuffle=True, seed=5, drop_last=True)
+    images = gpu_cache.DeviceFill(
+        photo_folder, ic.TrainDecoder((40, 48)), torch.device("cpu"), order=order, log=lambda m: None
+    ).start()
+    loader = ic.CachedLoader(
+        ic.CachedSet(images, [0] * len(photo_folder)),
+        3,
+        torch.device("cpu"),
+        preprocess=pre,
+        augment=ic.BatchAugment(pre),
+        shuffle=True,
+        seed=5,
+        drop_last=True,
+    )
     assert sum(len(y) for _, y in loader) == 6 and not images.fill.finished  # 2 rows still being read
     timings = first_epoch_timings(EpochStats(1.0, 0.0, 6, 2.0, 0.5), (ic.CachedSet(images, [0] * len(photo_folder)),))
     assert images.fill.finished and timings["fill_s"] >= 1.0
@@ -489,7 +545,13 @@ def test_loader_over_a_resident_tensor_equals_the_numpy_cache(val_samples):
     resident = ic.upload(images, torch.device("cpu"))
     assert isinstance(resident.pixels, torch.Tensor) and resident.nbytes == images.nbytes
     aug = ic.BatchAugment(pre, crop_scale=0.6)
-    batches = [list(ic.CachedLoader(ic.CachedSet(imgs, labels), 64, torch.device("cpu"), preprocess=pre,
-                                    augment=aug, shuffle=True, seed=3)) for imgs in (images, resident)]
+    batches = [
+        list(
+            ic.CachedLoader(
+                ic.CachedSet(imgs, labels), 64, torch.device("cpu"), preprocess=pre, augment=aug, shuffle=True, seed=3
+            )
+        )
+        for imgs in (images, resident)
+    ]
     for (x1, y1), (x2, y2) in zip(*batches):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)

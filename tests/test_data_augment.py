@@ -11,14 +11,25 @@ import pytest
 from conftest import run_cmd
 from PIL import Image
 
-from edgecls.data.tools.augment import (OPERATIONS, augment_dataset, augment_image, distort, format_augment_report,
-                                        random_crop, random_erase, rotate)
+from edgecls.data.tools.augment import (
+    OPERATIONS,
+    augment_dataset,
+    augment_image,
+    distort,
+    format_augment_report,
+    random_crop,
+    random_erase,
+    rotate,
+)
 from edgecls.errors import UserError
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture()
@@ -44,8 +55,12 @@ def photo() -> Image.Image:
 def test_each_operation_changes_the_image_and_keeps_its_size():
     img = photo()
     rng = np.random.default_rng(0)
-    for op in (lambda i: distort(i, rng), lambda i: rotate(i, rng, 20), lambda i: random_crop(i, rng, 0.6),
-               lambda i: random_erase(i, rng, 0.3)):
+    for op in (
+        lambda i: distort(i, rng),
+        lambda i: rotate(i, rng, 20),
+        lambda i: random_crop(i, rng, 0.6),
+        lambda i: random_erase(i, rng, 0.3),
+    ):
         out = op(img)
         assert out.size == img.size and out.mode == img.mode
         assert not np.array_equal(np.asarray(out), np.asarray(img))
@@ -67,8 +82,11 @@ def test_balances_classes_copies_originals_and_keeps_val(unbalanced, tmp_path):
     out = tmp_path / "out"
     result = augment_dataset(unbalanced, out, target_per_class=10, seed=5)
     assert digests(unbalanced) == before  # source untouched
-    assert result["counts"] == {"0": {"original": 9, "augmented": 1}, "1": {"original": 3, "augmented": 7},
-                                "2": {"original": 14, "augmented": 0}}
+    assert result["counts"] == {
+        "0": {"original": 9, "augmented": 1},
+        "1": {"original": 3, "augmented": 7},
+        "2": {"original": 14, "augmented": 0},
+    }
     assert [Path(p).name for p, _ in result["skipped"]] == ["broken.png"]
     for cls, n in (("0", 10), ("1", 10), ("2", 14)):
         files = sorted((out / "train" / cls).iterdir())
@@ -83,8 +101,10 @@ def test_balances_classes_copies_originals_and_keeps_val(unbalanced, tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_differs(unbalanced, tmp_path):
-    runs = [digests(Path(augment_dataset(unbalanced, tmp_path / f"o{i}", 6, seed=s)["out"]) / "train")
-            for i, s in enumerate([1, 1, 2])]
+    runs = [
+        digests(Path(augment_dataset(unbalanced, tmp_path / f"o{i}", 6, seed=s)["out"]) / "train")
+        for i, s in enumerate([1, 1, 2])
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -115,8 +135,23 @@ def test_cli_flat_layout(digits_dir, tmp_path):
     shutil.copytree(digits_dir / "val" / "4", src / "4")
     out = tmp_path / "bal"
     n = len(list((src / "4").iterdir()))
-    res = run_cmd(["-m", "edgecls.cli.main", "data", "augment", str(src), "--target-per-class", str(n + 5),
-                   "--out", str(out), "--ops", "rotate,distort", "--seed", "9"])
+    res = run_cmd(
+        [
+            "-m",
+            "edgecls.cli.main",
+            "data",
+            "augment",
+            str(src),
+            "--target-per-class",
+            str(n + 5),
+            "--out",
+            str(out),
+            "--ops",
+            "rotate,distort",
+            "--seed",
+            "9",
+        ]
+    )
     assert res.returncode == 0, res.stderr
     assert len(list((out / "4").iterdir())) == n + 5 and "the source folder was not changed" in res.stdout
     res = run_cmd(["-m", "edgecls.cli.main", "data", "augment", str(src), "--target-per-class", "3", "--out", str(out)])
@@ -148,13 +183,15 @@ def test_cli_numeric_flags_are_checked(unbalanced, tmp_path, capsys):
     from edgecls.cli.data import cli
 
     out = tmp_path / "o"
-    for flags, message in ((["--probability", "2"], "--probability 2.0: must be between 0 and 1"),
-                           (["--probability", "-0.1"], "--probability -0.1: must be between 0 and 1"),
-                           (["--max-rotation", "-5"], "--max-rotation -5.0: must be between 0 and 180"),
-                           (["--crop-scale", "0"], "--crop-scale 0.0: must be greater than 0"),
-                           (["--erase-area", "1.5"], "--erase-area 1.5: must be greater than 0.02 and less than 1"),
-                           (["--target-per-class", "-4"], "--target-per-class -4: must be at least 1"),
-                           (["--seed", "-1"], "--seed -1: must be at least 0")):
+    for flags, message in (
+        (["--probability", "2"], "--probability 2.0: must be between 0 and 1"),
+        (["--probability", "-0.1"], "--probability -0.1: must be between 0 and 1"),
+        (["--max-rotation", "-5"], "--max-rotation -5.0: must be between 0 and 180"),
+        (["--crop-scale", "0"], "--crop-scale 0.0: must be greater than 0"),
+        (["--erase-area", "1.5"], "--erase-area 1.5: must be greater than 0.02 and less than 1"),
+        (["--target-per-class", "-4"], "--target-per-class -4: must be at least 1"),
+        (["--seed", "-1"], "--seed -1: must be at least 0"),
+    ):
         assert cli(["augment", str(unbalanced), "--target-per-class", "5", "--out", str(out), *flags]) == 2
         assert capsys.readouterr().err.startswith("error: " + message)
     assert not out.exists()

@@ -116,23 +116,26 @@ def write_csv(path: Path, base: str, rows: list[str]) -> Path:
 
 
 def test_every_case_against_a_real_server(server, tmp_path):
-    csv_file = write_csv(tmp_path / "list.csv", server.url, [
-        "URL/img/a.png,three,train",
-        "URL/img/b.jpg,three,val",
-        "URL/moved,seven,train",
-        "URL/img/same_as_a.png,three,train",
-        "URL/img/a.png,three,train",
-        "URL/img/a.png,seven,train",
-        "URL/truncated.png,three,train",
-        "URL/missing.png,three,train",
-        "URL/page.html,three,train",
-        "URL/huge.png,three,train",
-        "URL/slow.png,three,test",
-        "URL/flaky.png,seven,val",
-    ])
+    csv_file = write_csv(
+        tmp_path / "list.csv",
+        server.url,
+        [
+            "URL/img/a.png,three,train",
+            "URL/img/b.jpg,three,val",
+            "URL/moved,seven,train",
+            "URL/img/same_as_a.png,three,train",
+            "URL/img/a.png,three,train",
+            "URL/img/a.png,seven,train",
+            "URL/truncated.png,three,train",
+            "URL/missing.png,three,train",
+            "URL/page.html,three,train",
+            "URL/huge.png,three,train",
+            "URL/slow.png,three,test",
+            "URL/flaky.png,seven,val",
+        ],
+    )
     out = tmp_path / "out"
-    report = import_images(csv_file, out, timeout=1.0, retries=1, max_bytes=20000, workers=4,
-                           backoff=0.05)
+    report = import_images(csv_file, out, timeout=1.0, retries=1, max_bytes=20000, workers=4, backoff=0.05)
     got = {Path(item["path"]).parent.as_posix() + "/" + item["url"].rsplit("/", 1)[1] for item in report["ok"]}
     assert got == {"train/three/a.png", "val/three/b.jpg", "train/seven/moved", "val/seven/flaky.png"}
     for item in report["ok"]:
@@ -164,12 +167,32 @@ def test_every_case_against_a_real_server(server, tmp_path):
 
 
 def test_resume_after_the_process_is_killed(server, tmp_path):
-    csv_file = write_csv(tmp_path / "list.csv", server.url, [
-        "URL/img/a.png,a,train", "URL/img/b.jpg,b,train", "URL/hang.png,b,val", "URL/img/c.png,c,val"])
+    csv_file = write_csv(
+        tmp_path / "list.csv",
+        server.url,
+        ["URL/img/a.png,a,train", "URL/img/b.jpg,b,train", "URL/hang.png,b,val", "URL/img/c.png,c,val"],
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli.main", "data", "import", str(csv_file), "--out", str(out),
-                             "--workers", "1", "--timeout", "30"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli.main",
+            "data",
+            "import",
+            str(csv_file),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--timeout",
+            "30",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         state = out / STATE_FILE
@@ -209,9 +232,23 @@ def test_bad_lists_are_user_errors(tmp_path):
     f = tmp_path / "ok.csv"
     f.write_text("http://x/a.png,cat\nhttps://x/b.png,dog,val\n")
     assert [(r.cls, r.split) for r in read_list(f)] == [("cat", "train"), ("dog", "val")]
-    res = subprocess.run([sys.executable, "-m", "edgecls.cli.main", "data", "import", str(tmp_path / "none.csv"),
-                          "--out", str(tmp_path / "o")], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli.main",
+            "data",
+            "import",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.startswith("error:") and "not found" in res.stderr
 
 
@@ -221,10 +258,12 @@ def test_cli_numeric_flags_are_checked_before_anything_is_written(tmp_path, caps
     csv_file = tmp_path / "list.csv"
     csv_file.write_text("http://127.0.0.1:9/a.png,cat\n")
     out = tmp_path / "out"
-    for flags, message in ((["--timeout", "0"], "--timeout 0.0: must be greater than 0"),
-                           (["--retries", "-1"], "--retries -1: must be at least 0"),
-                           (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
-                           (["--workers", "0"], "--workers 0: must be at least 1")):
+    for flags, message in (
+        (["--timeout", "0"], "--timeout 0.0: must be greater than 0"),
+        (["--retries", "-1"], "--retries -1: must be at least 0"),
+        (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
+        (["--workers", "0"], "--workers 0: must be at least 1"),
+    ):
         assert cli(["import", str(csv_file), "--out", str(out), *flags]) == 2
         assert capsys.readouterr().err.startswith("error: " + message)
     assert not out.exists()

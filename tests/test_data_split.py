@@ -26,13 +26,22 @@ def make_flat(digits_dir: Path, out: Path, per_class: dict[str, int]) -> Path:
 
 def tree(root: Path) -> dict[str, str]:
     """relative path -> sha1 of every file under root."""
-    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def contents(root: Path, split: str) -> dict[str, set[str]]:
-    return {c.name: {hashlib.sha1(f.read_bytes()).hexdigest() for f in c.iterdir()}
-            for c in sorted((root / split).iterdir())} if (root / split).is_dir() else {}
+    return (
+        {
+            c.name: {hashlib.sha1(f.read_bytes()).hexdigest() for f in c.iterdir()}
+            for c in sorted((root / split).iterdir())
+        }
+        if (root / split).is_dir()
+        else {}
+    )
 
 
 def test_split_sizes_keep_one_in_train_and_fill_val():
@@ -51,8 +60,11 @@ def test_copy_split_of_class_folders_is_stratified_and_keeps_originals(digits_di
     originals = tree(root)
     result = split_dataset(root, val_fraction=0.2, test_fraction=0.1, seed=0)
     assert result["mode"] == "copy" and result["total"] == 31
-    assert result["counts"] == {"0": {"train": 14, "val": 4, "test": 2}, "1": {"train": 7, "val": 2, "test": 1},
-                                "2": {"train": 1, "val": 0, "test": 0}}
+    assert result["counts"] == {
+        "0": {"train": 14, "val": 4, "test": 2},
+        "1": {"train": 7, "val": 2, "test": 1},
+        "2": {"train": 1, "val": 0, "test": 0},
+    }
     # originals untouched, byte for byte
     assert {k: v for k, v in tree(root).items() if k.split("/")[0] in ("0", "1", "2")} == originals
     # every original is in exactly one split, in its own class
@@ -143,12 +155,14 @@ def test_cli_fractions_use_one_rule_for_split_and_demo_data(digits_dir, tmp_path
     assert cli(["split", str(root), "--test-fraction", "-0.1"]) == 2
     assert capsys.readouterr().err.startswith("error: --test-fraction -0.1: must be at least 0 and less than 1")
     out = tmp_path / "demo"
-    for flags, message in ((["--limit", "0"], "--limit 0: must be at least 1"),
-                           (["--limit", "-5"], "--limit -5: must be at least 1"),
-                           (["--val-fraction", "1.0"], "--val-fraction 1.0: must be greater than 0 and less than 1"),
-                           (["--val-fraction", "1.5"], "--val-fraction 1.5: must be greater than 0 and less than 1"),
-                           (["--val-fraction", "-0.5"], "--val-fraction -0.5: must be greater than 0 and less than 1"),
-                           (["--seed", "-1"], "--seed -1: must be at least 0")):
+    for flags, message in (
+        (["--limit", "0"], "--limit 0: must be at least 1"),
+        (["--limit", "-5"], "--limit -5: must be at least 1"),
+        (["--val-fraction", "1.0"], "--val-fraction 1.0: must be greater than 0 and less than 1"),
+        (["--val-fraction", "1.5"], "--val-fraction 1.5: must be greater than 0 and less than 1"),
+        (["--val-fraction", "-0.5"], "--val-fraction -0.5: must be greater than 0 and less than 1"),
+        (["--seed", "-1"], "--seed -1: must be at least 0"),
+    ):
         assert run_cli(demo.main, ["--out", str(out), "--source", "digits", *flags]) == 2
         assert capsys.readouterr().err.startswith("error: " + message)
     assert not out.exists()

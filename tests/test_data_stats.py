@@ -33,7 +33,9 @@ def test_flat_layout_hidden_files_and_missing_classes(digits_dir, tmp_path):
     (root / "1" / "notes.txt").write_text("not counted")
     stats = dataset_stats(root)
     assert stats["splits"] == ["all"] and stats["counts"]["all"] == {
-        "1": len(list((digits_dir / "val" / "1").iterdir())), "empty": 0}
+        "1": len(list((digits_dir / "val" / "1").iterdir())),
+        "empty": 0,
+    }
     with pytest.raises(UserError, match="no such folder"):
         dataset_stats(tmp_path / "missing")
 

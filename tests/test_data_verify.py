@@ -46,9 +46,16 @@ def kinds_of(report: dict) -> dict[str, str]:
 def test_every_bad_kind_is_found(messy):
     report = verify_dataset(messy, min_size=8)
     assert kinds_of(report) == {
-        "empty.png": "zero-byte", "notes.jpg": "corrupt", "cut.png": "corrupt", "thin.png": "tiny",
-        "anim.gif": "unsupported", "z_copy.png": "duplicate", "leaked.png": "leakage",
-        "mislabelled.png": "label-conflict", "README.md": "stray"}
+        "empty.png": "zero-byte",
+        "notes.jpg": "corrupt",
+        "cut.png": "corrupt",
+        "thin.png": "tiny",
+        "anim.gif": "unsupported",
+        "z_copy.png": "duplicate",
+        "leaked.png": "leakage",
+        "mislabelled.png": "label-conflict",
+        "README.md": "stray",
+    }
     reasons = {Path(p["path"]).name: p["reason"] for p in report["problems"]}
     assert "truncated" in reasons["cut.png"] and "not an image" in reasons["notes.jpg"]
     assert "5x40" in reasons["thin.png"] and "GIF" in reasons["anim.gif"]
@@ -81,8 +88,13 @@ def test_quarantine_moves_keeps_paths_and_never_overwrites(messy, tmp_path):
     report = verify_dataset(messy)
     moved = quarantine(report, qdir, kinds=("zero-byte", "corrupt", "tiny", "unsupported", "leakage"))
     assert {Path(m["to"]).relative_to(qdir).as_posix() for m in moved} == {
-        "train/0/empty_1.png", "train/0/notes.jpg", "train/1/cut.png", "train/1/thin.png", "train/2/anim.gif",
-        "val/2/leaked.png"}
+        "train/0/empty_1.png",
+        "train/0/notes.jpg",
+        "train/1/cut.png",
+        "train/1/thin.png",
+        "train/2/anim.gif",
+        "val/2/leaked.png",
+    }
     assert (qdir / "train" / "0" / "empty.png").read_text() == "already here"
     after = verify_dataset(messy)
     assert set(kinds_of(after).values()) == {"duplicate", "label-conflict", "stray"}
@@ -103,15 +115,27 @@ def test_flat_layout_and_quarantine_inside_refused(digits_dir, tmp_path):
 
 def test_cli_text_json_and_strict(messy, tmp_path):
     out = tmp_path / "report.json"
-    res = run_cmd(["-m", "edgecls.cli.main", "data", "verify", str(messy), "--json", str(out), "--strict",
-                   "--workers", "2"])
+    res = run_cmd(
+        ["-m", "edgecls.cli.main", "data", "verify", str(messy), "--json", str(out), "--strict", "--workers", "2"]
+    )
     assert res.returncode == 1, res.stderr
     assert "leakage (1):" in res.stdout and "imbalance (train)" in res.stdout and "image sizes:" in res.stdout
     data = json.loads(out.read_text())
     assert data["summary"]["corrupt"] == 2 and data["summary"]["zero-byte"] == 1
-    res = run_cmd(["-m", "edgecls.cli.main", "data", "verify", str(messy), "--quarantine", str(tmp_path / "q"),
-                   "--quarantine-kinds", "zero-byte,corrupt,tiny,unsupported,duplicate,leakage,label-conflict,stray",
-                   "--strict"])
+    res = run_cmd(
+        [
+            "-m",
+            "edgecls.cli.main",
+            "data",
+            "verify",
+            str(messy),
+            "--quarantine",
+            str(tmp_path / "q"),
+            "--quarantine-kinds",
+            "zero-byte,corrupt,tiny,unsupported,duplicate,leakage,label-conflict,stray",
+            "--strict",
+        ]
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "quarantined 9 file(s)" in res.stdout
     res = run_cmd(["-m", "edgecls.cli.main", "data", "verify", str(messy), "--strict"])
@@ -141,11 +165,20 @@ def test_each_copy_gets_its_own_kind_against_the_kept_file(digits_dir, tmp_path)
     shutil.copy(kept, root / "train" / "5" / "z_other_class.png")
     shutil.copy(kept, root / "val" / "5" / "z_both.png")  # another class and another split: label-conflict wins
     report = verify_dataset(root)
-    assert kinds_of(report) == {"z_twice.png": "duplicate", "z_leak.png": "leakage",
-                                "z_other_class.png": "label-conflict", "z_both.png": "label-conflict"}
+    assert kinds_of(report) == {
+        "z_twice.png": "duplicate",
+        "z_leak.png": "leakage",
+        "z_other_class.png": "label-conflict",
+        "z_both.png": "label-conflict",
+    }
     (group,) = report["duplicates"]
     assert group["kind"] == "label-conflict" and [f["kind"] for f in group["files"]] == [
-        None, "duplicate", "label-conflict", "leakage", "label-conflict"]
+        None,
+        "duplicate",
+        "label-conflict",
+        "leakage",
+        "label-conflict",
+    ]
     moved = quarantine(report, tmp_path / "q", kinds=("duplicate",))
     assert [Path(m["from"]).name for m in moved] == ["z_twice.png"] and kept.is_file()
 
@@ -153,8 +186,10 @@ def test_each_copy_gets_its_own_kind_against_the_kept_file(digits_dir, tmp_path)
 def test_cli_numeric_flags_are_checked(messy, capsys):
     from edgecls.cli.data import cli
 
-    for flags, message in ((["--workers", "0"], "error: --workers 0: must be at least 1"),
-                           (["--limit", "-1"], "error: --limit -1: must be at least 0"),
-                           (["--min-size", "0"], "error: --min-size 0: must be at least 1")):
+    for flags, message in (
+        (["--workers", "0"], "error: --workers 0: must be at least 1"),
+        (["--limit", "-1"], "error: --limit -1: must be at least 0"),
+        (["--min-size", "0"], "error: --min-size 0: must be at least 1"),
+    ):
         assert cli(["verify", str(messy), *flags]) == 2
         assert capsys.readouterr().err.startswith(message)

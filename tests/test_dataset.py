@@ -40,7 +40,9 @@ def make_dataset(root: Path, layout: dict[str, dict[str, int]]) -> Path:
 
 
 def test_classes_are_sorted_names_and_val_matched_by_name(tmp_path):
-    root = make_dataset(tmp_path, {"train": {"zebra": 2, "ant": 2, "Moth": 1}, "val": {"ant": 1, "zebra": 1, "Moth": 1}})
+    root = make_dataset(
+        tmp_path, {"train": {"zebra": 2, "ant": 2, "Moth": 1}, "val": {"ant": 1, "zebra": 1, "Moth": 1}}
+    )
     classes, splits = scan_dataset(root, workers=1)
     assert classes == ["Moth", "ant", "zebra"]  # plain string order, case-sensitive
     for split in splits.values():
@@ -192,8 +194,12 @@ def test_class_map_round_trip_and_errors(tmp_path):
     assert read_class_map(tmp_path / "c.json") == classes
     (tmp_path / "list.json").write_text('["x", "y"]')
     assert read_class_map(tmp_path / "list.json") == ["x", "y"]
-    for name, text in [("gap.json", '{"0": "a", "2": "b"}'), ("keys.json", '{"a": "b"}'), ("bad.json", "{"),
-                       ("num.json", "3")]:
+    for name, text in [
+        ("gap.json", '{"0": "a", "2": "b"}'),
+        ("keys.json", '{"a": "b"}'),
+        ("bad.json", "{"),
+        ("num.json", "3"),
+    ]:
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError):
             read_class_map(tmp_path / name)

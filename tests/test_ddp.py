@@ -18,7 +18,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-AUDIT_HOOK = '''
+AUDIT_HOOK = """
 import os, sys
 _run_dir = os.environ.get("EDGECLS_TEST_RUN_DIR")
 _log_dir = os.environ.get("EDGECLS_TEST_AUDIT_DIR")
@@ -41,14 +41,27 @@ if _run_dir and _log_dir and "RANK" in os.environ:
                 _log.write(event + " " + p + "\\n")
 
     sys.addaudithook(_hook)
-'''
+"""
 
 
 def torchrun(args: list[str], run_dir: Path, audit_dir: Path, hook_dir: Path, timeout: float = 600):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO)]), OMP_NUM_THREADS="1",
-               EDGECLS_TEST_RUN_DIR=str(run_dir), EDGECLS_TEST_AUDIT_DIR=str(audit_dir))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(REPO / "train.py"), *args]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO)]),
+        OMP_NUM_THREADS="1",
+        EDGECLS_TEST_RUN_DIR=str(run_dir),
+        EDGECLS_TEST_AUDIT_DIR=str(audit_dir),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(REPO / "train.py"),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -69,15 +82,37 @@ def summary_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 def test_torchrun_two_cpu_processes_converge_and_only_rank0_writes(digits_dir, tmp_path):
     hook_dir, audit_dir, run_dir = tmp_path / "hook", tmp_path / "audit", tmp_path / "run"
     hook_dir.mkdir(), audit_dir.mkdir()
     (hook_dir / "sitecustomize.py").write_text(AUDIT_HOOK)
-    common = [str(digits_dir), "--backbone", "FP_classifier", "--input-size", "32", "--batch-size", "16",
-              "--optimizer", "ADAMW", "--lr", "3e-3", "--hflip", "0", "--crop-scale", "0.8", "--workers", "0",
-              "--model-def-path", "", "--early-stop", "0"]
+    common = [
+        str(digits_dir),
+        "--backbone",
+        "FP_classifier",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "ADAMW",
+        "--lr",
+        "3e-3",
+        "--hflip",
+        "0",
+        "--crop-scale",
+        "0.8",
+        "--workers",
+        "0",
+        "--model-def-path",
+        "",
+        "--early-stop",
+        "0",
+    ]
 
     proc = torchrun([*common, "--epochs", "3", "--snapshot-path", str(run_dir)], run_dir, audit_dir, hook_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -97,8 +132,7 @@ def test_torchrun_two_cpu_processes_converge_and_only_rank0_writes(digits_dir, t
     writes = written_by_rank(audit_dir)
     assert set(writes) == {"0"}, {k: v[:5] for k, v in writes.items()}
     written = {Path(p).name for p in writes["0"]}
-    assert {"summary.csv", "last.pth", "best.pth", "class_id.json", "args.yaml"} <= {
-        n for n in os.listdir(run_dir)}
+    assert {"summary.csv", "last.pth", "best.pth", "class_id.json", "args.yaml"} <= {n for n in os.listdir(run_dir)}
     assert written  # the hook saw rank 0's writes: the check above is not vacuous
     leftovers = [n for n in os.listdir(run_dir) if n.endswith(".tmp") or ".tmp" in n]
     assert leftovers == []

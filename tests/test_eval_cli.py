@@ -17,8 +17,20 @@ FIGURES = ("topk", "accuracy", "macro", "micro", "weighted", "per_class", "confu
 def preds_dir(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
     """inference.py over the whole digits val split: one JSON per image."""
     out = tmp_path_factory.mktemp("infer") / "preds"
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(digits_dir / "val"),
-                 "--save-path", str(out), "--topk", "5", "--no-progress"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(digits_dir / "val"),
+            "--save-path",
+            str(out),
+            "--topk",
+            "5",
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -34,8 +46,18 @@ def gts_by_name(digits_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset_result(trained_ckpt, digits_dir, tmp_path_factory) -> dict:
     save = tmp_path_factory.mktemp("ds_eval")
-    r = run_cmd(["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(digits_dir),
-                 "--save-dir", str(save), "--no-progress"])
+    r = run_cmd(
+        [
+            "eval_utils/eval.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--data-dir",
+            str(digits_dir),
+            "--save-dir",
+            str(save),
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "top1" in r.stdout and "macro" in r.stdout
     assert (save / "confusion_matrix.png").stat().st_size > 1000
@@ -85,7 +107,9 @@ def test_ids_as_labels_and_absent_classes_match_sklearn(preds_dir, gts_by_name, 
     gts_ids.write_text(json.dumps(subset))
     r, rep = run_e2e(preds_dir, gts_ids, tmp_path, "--class_id_path", str(trained_run / "class_id.json"))
     assert r.returncode == 0, r.stderr
-    assert rep["problems"]["missing_ground_truth"] and len(rep["problems"]["missing_ground_truth"]) == len(gts) - len(subset)
+    assert rep["problems"]["missing_ground_truth"] and len(rep["problems"]["missing_ground_truth"]) == len(gts) - len(
+        subset
+    )
     assert rep["per_class"]["support"][4] == 0 and rep["per_class"]["support"][9] == 0
     y_true, y_pred = [], []
     for f in preds_dir.glob("*.json"):
@@ -96,8 +120,9 @@ def test_ids_as_labels_and_absent_classes_match_sklearn(preds_dir, gts_by_name, 
     p, rc, f1, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(10)), zero_division=0)
     np.testing.assert_allclose(rep["per_class"]["precision"], p)
     np.testing.assert_allclose(rep["per_class"]["f1"], f1)
-    mp, mr, mf, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(10)), average="macro",
-                                                        zero_division=0)
+    mp, mr, mf, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(10)), average="macro", zero_division=0
+    )
     assert (rep["macro"]["precision"], rep["macro"]["recall"], rep["macro"]["f1"]) == pytest.approx((mp, mr, mf))
 
 
@@ -128,8 +153,18 @@ def test_results_txt_is_appended(preds_dir, gts_by_name, tmp_path):
     assert (tmp_path / "eval_results.txt").read_text().count("=== edgecls eval") == 2
 
 
-@pytest.mark.parametrize("case", ["malformed_json", "wrong_shape", "missing_class_map", "no_overlap", "mixed_modes",
-                                  "missing_gts", "save_dir_is_a_file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "malformed_json",
+        "wrong_shape",
+        "missing_class_map",
+        "no_overlap",
+        "mixed_modes",
+        "missing_gts",
+        "save_dir_is_a_file",
+    ],
+)
 def test_end_to_end_errors_name_the_problem(case, preds_dir, gts_by_name, tmp_path):
     import shutil
 
@@ -181,8 +216,18 @@ def test_dataset_mode_onnx_matches_checkpoint(trained_ckpt, digits_dir, dataset_
     from test_predict import export_onnx
 
     onnx_path = export_onnx(trained_ckpt, tmp_path / "m.onnx")
-    r = run_cmd(["eval_utils/eval.py", "--onnx", str(onnx_path), "--data-dir", str(digits_dir), "--save-dir",
-                 str(tmp_path), "--no-progress"])
+    r = run_cmd(
+        [
+            "eval_utils/eval.py",
+            "--onnx",
+            str(onnx_path),
+            "--data-dir",
+            str(digits_dir),
+            "--save-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "eval_results.json").read_text())
     assert rep["confusion_matrix"] == dataset_result["confusion_matrix"]
@@ -195,8 +240,18 @@ def test_dataset_mode_reports_unreadable_images(trained_ckpt, digits_dir, tmp_pa
     for cls in ("0", "1"):
         shutil.copytree(digits_dir / "val" / cls, data / "val" / cls)
     (data / "val" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
-    r = run_cmd(["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(data), "--save-dir",
-                 str(tmp_path), "--no-progress"])
+    r = run_cmd(
+        [
+            "eval_utils/eval.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--data-dir",
+            str(data),
+            "--save-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "eval_results.json").read_text())
     assert [u["path"].endswith("broken.png") for u in rep["problems"]["unreadable"]] == [True]
@@ -227,11 +282,24 @@ def test_dataset_mode_input_size_other_than_fixed_onnx(trained_ckpt, digits_dir,
     from test_predict import export_onnx
 
     onnx_path = export_onnx(trained_ckpt, tmp_path / "m.onnx")
-    r = run_cmd(["eval_utils/eval.py", "--onnx", str(onnx_path), "--data-dir", str(digits_dir), "--input-size", "64",
-                 "--save-dir", str(tmp_path)])
+    r = run_cmd(
+        [
+            "eval_utils/eval.py",
+            "--onnx",
+            str(onnx_path),
+            "--data-dir",
+            str(digits_dir),
+            "--input-size",
+            "64",
+            "--save-dir",
+            str(tmp_path),
+        ]
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip() == (f"error: --input-size 64x64: {onnx_path} takes a fixed 32x32 input; drop --input-size "
-                                "or pass --input-size 32x32")
+    assert r.stderr.strip() == (
+        f"error: --input-size 64x64: {onnx_path} takes a fixed 32x32 input; drop --input-size "
+        "or pass --input-size 32x32"
+    )
 
 
 def test_dataset_mode_zero_byte_reason_and_no_progress_bar_when_piped(trained_ckpt, digits_dir, tmp_path):
@@ -240,9 +308,12 @@ def test_dataset_mode_zero_byte_reason_and_no_progress_bar_when_piped(trained_ck
     data = tmp_path / "data"
     shutil.copytree(digits_dir / "val" / "2", data / "val" / "2")
     (data / "val" / "2" / "empty.png").write_bytes(b"")
-    r = run_cmd(["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(data), "--save-dir",
-                 str(tmp_path)])  # stderr is a pipe: no bar even without --no-progress
+    r = run_cmd(
+        ["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(data), "--save-dir", str(tmp_path)]
+    )  # stderr is a pipe: no bar even without --no-progress
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     rep = json.loads((tmp_path / "eval_results.json").read_text())
-    assert rep["problems"]["unreadable"] == [{"path": str(data / "val" / "2" / "empty.png"), "reason": "zero-byte file"}]
+    assert rep["problems"]["unreadable"] == [
+        {"path": str(data / "val" / "2" / "empty.png"), "reason": "zero-byte file"}
+    ]

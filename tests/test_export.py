@@ -25,8 +25,13 @@ def write_ckpt(path, backbone, size, num_classes=10, **kwargs):
     torch.manual_seed(0)
     model = create_model(backbone, num_classes, **kwargs)
     spec = get_spec(backbone)
-    ckpt = make_checkpoint(model, backbone=backbone, model_kwargs=kwargs, classes=[str(i) for i in range(num_classes)],
-                           preprocess=Preprocess(input_size=size, preset=spec.preprocess))
+    ckpt = make_checkpoint(
+        model,
+        backbone=backbone,
+        model_kwargs=kwargs,
+        classes=[str(i) for i in range(num_classes)],
+        preprocess=Preprocess(input_size=size, preset=spec.preprocess),
+    )
     save_checkpoint(ckpt, path)
     return path
 
@@ -38,15 +43,39 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 # --- trained FP_classifier on real digits: the full CLI, INT8 and metadata round trip ---
 
+
 def test_trained_checkpoint_exports_verifies_and_quantizes(trained_ckpt, digits_dir, tmp_path):
     out = tmp_path / "fp.onnx"
-    proc = run_cmd(["pytorch2onnx.py", "--snapshot", str(trained_ckpt), "--save-path", str(out),
-                    "--verify-dir", str(digits_dir / "val"), "--verify-count", "150",
-                    "--quantize", "int8", "--calib-dir", str(digits_dir / "train"), "--calib-count", "100"])
+    proc = run_cmd(
+        [
+            "pytorch2onnx.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--save-path",
+            str(out),
+            "--verify-dir",
+            str(digits_dir / "val"),
+            "--verify-count",
+            "150",
+            "--quantize",
+            "int8",
+            "--calib-dir",
+            str(digits_dir / "train"),
+            "--calib-count",
+            "100",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
-    for step in ("1. NPU surgery", "2. exported fixed 1x3x32x32", "3. simplify: onnxsim", "4. metadata",
-                 "5. verify", "6. profile kl520", "7. INT8"):
+    for step in (
+        "1. NPU surgery",
+        "2. exported fixed 1x3x32x32",
+        "3. simplify: onnxsim",
+        "4. metadata",
+        "5. verify",
+        "6. profile kl520",
+        "7. INT8",
+    ):
         assert step in text
     assert "-> PASS" in text and "result: OK" in text
 
@@ -60,7 +89,9 @@ def test_trained_checkpoint_exports_verifies_and_quantizes(trained_ckpt, digits_
 
     # The file alone classifies real images: its metadata's preprocessing + ORT, against the labels.
     samples, _ = verify.load_samples(digits_dir / "val", meta["classes"], 100)
-    probs = verify.onnx_probs(verify.session(out), verify.batch_tensor(samples, meta["preprocess"]), graph_softmax=False)
+    probs = verify.onnx_probs(
+        verify.session(out), verify.batch_tensor(samples, meta["preprocess"]), graph_softmax=False
+    )
     assert verify.accuracy(probs, samples) > 0.85
 
     int8_path = tmp_path / "fp.int8.onnx"
@@ -77,12 +108,18 @@ def test_trained_checkpoint_exports_verifies_and_quantizes(trained_ckpt, digits_
 
 # --- every fast-suite backbone: export + verify on real images + kl520 profile ---
 
-@pytest.mark.parametrize("backbone", ["FP_classifier", "mobilenetv2", "resnet18", "efficientnet-b0", "efficientnet-lite0"])
+
+@pytest.mark.parametrize(
+    "backbone", ["FP_classifier", "mobilenetv2", "resnet18", "efficientnet-b0", "efficientnet-lite0"]
+)
 def test_backbone_exports_and_verifies(backbone, digits_dir, tmp_path):
     size = (56, 32) if backbone == "FP_classifier" else (64, 64)  # small input keeps the suite fast
     ckpt = write_ckpt(tmp_path / f"{backbone}.pth", backbone, size)
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "m.onnx"),
-                                      verify_dir=str(digits_dir / "val"), verify_count=24))
+    result = run_export(
+        ExportOptions(
+            snapshot=str(ckpt), save_path=str(tmp_path / "m.onnx"), verify_dir=str(digits_dir / "val"), verify_count=24
+        )
+    )
     assert result.verified and result.profile_passed, result.summary()
     assert result.figures["fp32"]["max_diff"] <= verify.FP32_MAX_DIFF
     assert result.figures["fp32"]["agreement"] == 1.0
@@ -100,8 +137,11 @@ OVER_KL520_LIMIT = {"efficientnet-b6", "efficientnet-b7"}  # > 29,360,128 bytes 
 @pytest.mark.parametrize("backbone", [f"efficientnet-b{i}" for i in range(1, 8)] + ["resnet50"])
 def test_large_backbone_exports_and_verifies(backbone, digits_dir, tmp_path):
     ckpt = write_ckpt(tmp_path / f"{backbone}.pth", backbone, (64, 64))  # 64x64 keeps it affordable
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "m.onnx"),
-                                      verify_dir=str(digits_dir / "val"), verify_count=24))
+    result = run_export(
+        ExportOptions(
+            snapshot=str(ckpt), save_path=str(tmp_path / "m.onnx"), verify_dir=str(digits_dir / "val"), verify_count=24
+        )
+    )
     text = result.summary()
     assert result.verified, text
     assert result.figures["fp32"]["max_diff"] <= verify.FP32_MAX_DIFF
@@ -125,6 +165,7 @@ def test_large_backbone_exports_and_verifies(backbone, digits_dir, tmp_path):
 
 
 # --- NPU surgery ---
+
 
 def _graph_ops(model: nn.Module, size=(64, 64)) -> set[str]:
     proto, _ = passes.optimize(export_onnx(model, size))
@@ -161,8 +202,11 @@ def test_surgery_handles_torchvision_squeeze_excitation_and_hardswish():
 
 def test_surgery_reports_accuracy_before_and_after(tmp_path, digits_dir):
     ckpt = write_ckpt(tmp_path / "b0se.pth", "efficientnet-b0", (32, 32), npu_form=False)
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "b0.onnx"),
-                                      verify_dir=str(digits_dir / "val"), verify_count=16))
+    result = run_export(
+        ExportOptions(
+            snapshot=str(ckpt), save_path=str(tmp_path / "b0.onnx"), verify_dir=str(digits_dir / "val"), verify_count=16
+        )
+    )
     text = result.summary()
     assert "Squeeze-and-Excitation block(s) removed" in text and "changes the function" in text
     assert "top-1 before surgery" in text and len(result.figures["surgery_top1"]) == 2
@@ -170,6 +214,7 @@ def test_surgery_reports_accuracy_before_and_after(tmp_path, digits_dir):
 
 
 # --- graph passes on real exported graphs ---
+
 
 class _PoolReshape(nn.Module):
     def __init__(self):
@@ -216,24 +261,34 @@ def test_int8_bias_zero_points_dropped_without_changing_outputs():
     assert len(int8.SerializeToString()) < len(before.SerializeToString())
     onnx.checker.check_model(int8, full_check=True)
     for i in range(len(x)):
-        np.testing.assert_array_equal(ort_run(int8, x[i:i + 1]), ort_run(before, x[i:i + 1]))
+        np.testing.assert_array_equal(ort_run(int8, x[i : i + 1]), ort_run(before, x[i : i + 1]))
 
 
 def test_no_bn_fusion_keeps_batchnorm(tmp_path):
     ckpt = write_ckpt(tmp_path / "mb.pth", "mobilenetv2", (32, 32))
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "mb.onnx"), bn_fusion=False,
-                                      verify_count=4))
+    result = run_export(
+        ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "mb.onnx"), bn_fusion=False, verify_count=4)
+    )
     assert result.verified
     assert op_counts(onnx.load(str(tmp_path / "mb.onnx")))["BatchNormalization"] > 0
 
 
 def test_dynamic_batch_fails_npu_profile_but_passes_generic(tmp_path):
     ckpt = write_ckpt(tmp_path / "fp.pth", "FP_classifier", (56, 32))
-    npu = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "a.onnx"), dynamic_batch=True, verify_count=4))
+    npu = run_export(
+        ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "a.onnx"), dynamic_batch=True, verify_count=4)
+    )
     assert npu.verified and not npu.profile_passed
     assert "needs fixed batch 1" in npu.summary() and "export without --dynamic-batch" in npu.summary()
-    generic = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "b.onnx"), dynamic_batch=True,
-                                       profile="generic", verify_count=4))
+    generic = run_export(
+        ExportOptions(
+            snapshot=str(ckpt),
+            save_path=str(tmp_path / "b.onnx"),
+            dynamic_batch=True,
+            profile="generic",
+            verify_count=4,
+        )
+    )
     assert generic.ok
     sess = verify.session(tmp_path / "b.onnx")
     assert sess.run(None, {"input": np.zeros((3, 3, 56, 32), np.float32)})[0].shape == (3, 10)
@@ -241,8 +296,11 @@ def test_dynamic_batch_fails_npu_profile_but_passes_generic(tmp_path):
 
 def test_softmax_flag_puts_probabilities_in_graph(tmp_path):
     ckpt = write_ckpt(tmp_path / "fp.pth", "FP_classifier", (56, 32))
-    result = run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "s.onnx"), softmax=True,
-                                      profile="kl720", verify_count=4))
+    result = run_export(
+        ExportOptions(
+            snapshot=str(ckpt), save_path=str(tmp_path / "s.onnx"), softmax=True, profile="kl720", verify_count=4
+        )
+    )
     assert result.ok
     model = onnx.load(str(tmp_path / "s.onnx"))
     assert "Softmax" in op_counts(model) and read_metadata(metadata_of(model))["softmax"] is True
@@ -251,6 +309,7 @@ def test_softmax_flag_puts_probabilities_in_graph(tmp_path):
 
 
 # --- profile check ---
+
 
 class _Gelu(nn.Module):
     def __init__(self):
@@ -275,8 +334,10 @@ def test_profile_check_names_disallowed_op_and_fix():
 def test_profile_size_limit_and_custom_profile_file(tmp_path):
     proto, _ = passes.optimize(export_onnx(_Gelu().eval(), (16, 16)))
     custom = tmp_path / "tiny.yaml"
-    custom.write_text("name: tiny\nops: [Conv, Erf, Mul, Div, Add, GlobalAveragePool, Flatten]\nopsets: [13]\nfixed_batch: true\n"
-                      "max_model_bytes: 10\n")
+    custom.write_text(
+        "name: tiny\nops: [Conv, Erf, Mul, Div, Add, GlobalAveragePool, Flatten]\nopsets: [13]\nfixed_batch: true\n"
+        "max_model_bytes: 10\n"
+    )
     result = profiles.check_profile(proto, profiles.load_profile(str(custom)))
     rows = {r.check: r for r in result.rows}
     assert rows["operators"].ok and not rows["model size"].ok and "smaller backbone" in rows["model size"].fix
@@ -292,11 +353,14 @@ def test_builtin_profiles_document_their_source():
 
 # --- metadata round trip and JSON ---
 
+
 def test_metadata_round_trip_through_onnxruntime(tmp_path):
     ckpt = write_ckpt(tmp_path / "r.pth", "resnet18", (32, 32), num_classes=3)
     run_export(ExportOptions(snapshot=str(ckpt), save_path=str(tmp_path / "r.onnx"), verify_count=4))
     props = verify.session(tmp_path / "r.onnx").get_modelmeta().custom_metadata_map
     meta = read_metadata(props)
-    assert meta["classes"] == ["0", "1", "2"] and meta["preprocess"].to_dict() == \
-        Preprocess(input_size=(32, 32), preset="imagenet").to_dict()
+    assert (
+        meta["classes"] == ["0", "1", "2"]
+        and meta["preprocess"].to_dict() == Preprocess(input_size=(32, 32), preset="imagenet").to_dict()
+    )
     assert json.loads(props["edgecls.preprocess"])["input_size"] == [32, 32]

@@ -45,8 +45,14 @@ def assert_color(actual, expected, tol: int = 0):
 # ----------------------------------------------------------------------------- formats
 
 
-FORMATS = [("png", {}, 0), ("bmp", {}, 0), ("tiff", {}, 0), ("jpg", {"quality": 95}, 12), ("webp", {"lossless": True}, 0),
-           ("webp", {"quality": 90}, 20)]
+FORMATS = [
+    ("png", {}, 0),
+    ("bmp", {}, 0),
+    ("tiff", {}, 0),
+    ("jpg", {"quality": 95}, 12),
+    ("webp", {"lossless": True}, 0),
+    ("webp", {"quality": 90}, 20),
+]
 
 
 @pytest.mark.parametrize("ext,save_kw,tol", FORMATS, ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(FORMATS)])
@@ -284,10 +290,21 @@ def test_verify_files_parallel_matches_serial(tmp_path):
     parallel = verify_files(paths, workers=2, use_cache=False)
     serial = verify_files(paths, workers=1, use_cache=False)
     assert parallel == serial
-    assert sorted(p for p, r in parallel.items() if r) == [str(tmp_path / f"{i:03d}.png") for i in (7, 57, 107, 157, 207)]
+    assert sorted(p for p, r in parallel.items() if r) == [
+        str(tmp_path / f"{i:03d}.png") for i in (7, 57, 107, 157, 207)
+    ]
 
 
-@pytest.mark.parametrize("name,hidden", [(".DS_Store", True), (".ipynb_checkpoints", True), ("._photo.jpg", True),
-                                         ("__MACOSX", True), ("photo.jpg", False), ("2", False)])
+@pytest.mark.parametrize(
+    "name,hidden",
+    [
+        (".DS_Store", True),
+        (".ipynb_checkpoints", True),
+        ("._photo.jpg", True),
+        ("__MACOSX", True),
+        ("photo.jpg", False),
+        ("2", False),
+    ],
+)
 def test_hidden_names(name, hidden):
     assert is_hidden(name) is hidden

@@ -27,8 +27,19 @@ def small_val(digits_dir, tmp_path_factory) -> Path:
 def test_single_image_prints_and_writes_topk(trained_ckpt, small_val, tmp_path):
     img = sorted((small_val / "7").iterdir())[0]
     save = tmp_path / "inference_result.json"
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(img), "--save-path", str(save),
-                 "--topk", "3"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(img),
+            "--save-path",
+            str(save),
+            "--topk",
+            "3",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     rec = json.loads(save.read_text())
     assert rec["img_path"] == str(img) and len(rec["0_0"]) == 3
@@ -39,8 +50,21 @@ def test_single_image_prints_and_writes_topk(trained_ckpt, small_val, tmp_path):
 
 def test_folder_writes_one_json_per_image_and_summary(trained_ckpt, small_val, tmp_path):
     save = tmp_path / "preds.json"
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
-                 str(save), "--topk", "10", "--batch-size", "8"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(small_val),
+            "--save-path",
+            str(save),
+            "--topk",
+            "10",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "preds"
     files = sorted(folder.glob("*.json"))
@@ -55,11 +79,24 @@ def test_folder_writes_one_json_per_image_and_summary(trained_ckpt, small_val, t
     assert len(rows) == 30 and all(r_["error"] == "" for r_ in rows)
     assert {r_["json_file"] for r_ in rows} == {f.name for f in files}
     # a second run refuses to mix with the first unless --force
-    again = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
-                     str(save)])
+    again = run_cmd(
+        ["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path", str(save)]
+    )
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
-    forced = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--save-path",
-                      str(save), "--force", "--topk", "2"])
+    forced = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(small_val),
+            "--save-path",
+            str(save),
+            "--force",
+            "--topk",
+            "2",
+        ]
+    )
     assert forced.returncode == 0, forced.stderr
     assert len(list(folder.glob("*.json"))) == 30
     assert len(json.loads(files[0].read_text())["0_0"]) == 2
@@ -75,8 +112,9 @@ def test_onnx_and_glob_agree_with_checkpoint(trained_ckpt, small_val, tmp_path):
         save = tmp_path / f"out_{flag.strip('-')}"
         r = run_cmd(["inference.py", flag, str(model), "--img-path", pattern, "--save-path", str(save)])
         assert r.returncode == 0, r.stderr
-        outs[flag] = {json.loads(f.read_text())["img_path"]: json.loads(f.read_text())["0_0"][0][1]
-                      for f in save.glob("*.json")}
+        outs[flag] = {
+            json.loads(f.read_text())["img_path"]: json.loads(f.read_text())["0_0"][0][1] for f in save.glob("*.json")
+        }
     assert len(outs["--snapshot"]) == 30 and outs["--snapshot"] == outs["--onnx"]
 
 
@@ -86,8 +124,17 @@ def test_corrupt_image_reported_others_classified(trained_ckpt, small_val, tmp_p
     good = sorted(folder.iterdir())
     (folder / "broken.png").write_bytes(good[0].read_bytes()[:50])
     (folder / "readme.txt").write_text("ignored: not an image extension")
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(folder), "--save-path",
-                 str(tmp_path / "out")])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(folder),
+            "--save-path",
+            str(tmp_path / "out"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "broken.png" in r.stderr and "Traceback" not in r.stderr
     assert len(list((tmp_path / "out").glob("*.json"))) == len(good)
@@ -96,14 +143,22 @@ def test_corrupt_image_reported_others_classified(trained_ckpt, small_val, tmp_p
     assert "readme.txt" not in rows
 
 
-@pytest.mark.parametrize("case", ["missing_file", "empty_folder", "glob_no_match", "corrupt_single", "no_model",
-                                  "class_count", "bad_class_map"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing_file", "empty_folder", "glob_no_match", "corrupt_single", "no_model", "class_count", "bad_class_map"],
+)
 def test_error_paths_exit_2_with_one_line(case, trained_ckpt, small_val, tmp_path):
     img = str(sorted((small_val / "0").iterdir())[0])
     args = ["--snapshot", str(trained_ckpt), "--img-path", img, "--save-path", str(tmp_path / "r.json")]
-    expect = {"missing_file": "no such file", "empty_folder": "no image files", "glob_no_match": "matches no image",
-              "corrupt_single": "corrupt", "no_model": "exactly one model", "class_count": "10 outputs",
-              "bad_class_map": "not valid JSON"}[case]
+    expect = {
+        "missing_file": "no such file",
+        "empty_folder": "no image files",
+        "glob_no_match": "matches no image",
+        "corrupt_single": "corrupt",
+        "no_model": "exactly one model",
+        "class_count": "10 outputs",
+        "bad_class_map": "not valid JSON",
+    }[case]
     if case == "missing_file":
         args[3] = str(tmp_path / "nope.png")
     elif case == "empty_folder":
@@ -167,7 +222,15 @@ def test_single_image_refuses_existing_output_unless_force_and_never_the_input(t
 
 def test_force_replaces_only_prediction_files(trained_ckpt, small_val, tmp_path):
     out = tmp_path / "preds"
-    args = ["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(small_val / "5"), "--save-path", str(out)]
+    args = [
+        "inference.py",
+        "--snapshot",
+        str(trained_ckpt),
+        "--img-path",
+        str(small_val / "5"),
+        "--save-path",
+        str(out),
+    ]
     assert run_cmd(args).returncode == 0
     stale = out / "old__image.png.json"  # an earlier run's record for an image no longer in the input
     stale.write_text(json.dumps({"img_path": "old/image.png", "0_0": [[0.9, "5"]]}))
@@ -202,42 +265,105 @@ def test_input_size_other_than_a_fixed_onnx_graph_is_refused(trained_ckpt, small
     fixed = export_onnx(trained_ckpt, tmp_path / "fixed.onnx")  # fixed 32x32, dynamic batch
     img = str(sorted((small_val / "4").iterdir())[0])
     for path in (img, str(small_val)):
-        r = run_cmd(["inference.py", "--onnx", str(fixed), "--img-path", path, "--save-path", str(tmp_path / "o.json"),
-                     "--input-size", "64"])
+        r = run_cmd(
+            [
+                "inference.py",
+                "--onnx",
+                str(fixed),
+                "--img-path",
+                path,
+                "--save-path",
+                str(tmp_path / "o.json"),
+                "--input-size",
+                "64",
+            ]
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert "fixed 32x32" in r.stderr and "drop --input-size" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cmd(["inference.py", "--onnx", str(fixed), "--img-path", img, "--save-path", str(tmp_path / "ok.json"),
-                 "--input-size", "32x32"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--onnx",
+            str(fixed),
+            "--img-path",
+            img,
+            "--save-path",
+            str(tmp_path / "ok.json"),
+            "--input-size",
+            "32x32",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     # symbolic H and W: any --input-size is accepted
     proto = onnx.load(str(fixed))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     onnx.save(proto, str(tmp_path / "dyn.onnx"))
-    r = run_cmd(["inference.py", "--onnx", str(tmp_path / "dyn.onnx"), "--img-path", img, "--save-path",
-                 str(tmp_path / "dyn.json"), "--input-size", "32"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--onnx",
+            str(tmp_path / "dyn.onnx"),
+            "--img-path",
+            img,
+            "--save-path",
+            str(tmp_path / "dyn.json"),
+            "--input-size",
+            "32",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     # no edgecls metadata (a graph from elsewhere): the class map and --preprocess, the size from the graph
     bare = onnx.load(str(fixed))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
-    r = run_cmd(["inference.py", "--onnx", str(tmp_path / "bare.onnx"), "--img-path", img, "--save-path",
-                 str(tmp_path / "bare.json"), "--class_id_path", str(trained_ckpt.parent / "class_id.json"),
-                 "--preprocess", "kneron"])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--onnx",
+            str(tmp_path / "bare.onnx"),
+            "--img-path",
+            img,
+            "--save-path",
+            str(tmp_path / "bare.json"),
+            "--class_id_path",
+            str(trained_ckpt.parent / "class_id.json"),
+            "--preprocess",
+            "kneron",
+        ]
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_zero_byte_image_named_as_such_and_no_progress_bar_when_piped(trained_ckpt, small_val, tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(empty), "--save-path",
-                 str(tmp_path / "e.json")])
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(empty),
+            "--save-path",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert r.returncode == 2 and r.stderr.strip() == f"error: {empty}: zero-byte file", r.stderr
     folder = tmp_path / "imgs"
     shutil.copytree(small_val / "6", folder)
     (folder / "empty.png").write_bytes(b"")
-    r = run_cmd(["inference.py", "--snapshot", str(trained_ckpt), "--img-path", str(folder), "--save-path",
-                 str(tmp_path / "out")])  # stderr is a pipe here: no bar even without --no-progress
+    r = run_cmd(
+        [
+            "inference.py",
+            "--snapshot",
+            str(trained_ckpt),
+            "--img-path",
+            str(folder),
+            "--save-path",
+            str(tmp_path / "out"),
+        ]
+    )  # stderr is a pipe here: no bar even without --no-progress
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip() == f"warning: {folder / 'empty.png'}: zero-byte file (skipped)"

@@ -26,7 +26,9 @@ from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, list_models, load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["FP_classifier", "mobilenetv2", "resnet18", "resnet50", "efficientnet-lite0"] + [f"efficientnet-b{i}" for i in range(5)]
+FAST = ["FP_classifier", "mobilenetv2", "resnet18", "resnet50", "efficientnet-lite0"] + [
+    f"efficientnet-b{i}" for i in range(5)
+]
 SLOW = [f"efficientnet-b{i}" for i in (5, 6, 7)]
 
 
@@ -69,11 +71,18 @@ def test_large_efficientnet_forward_backward_at_224(name):
     print(f"{name}: forward+backward batch 1 at 224x224 in {time.perf_counter() - start:.1f}s")
 
 
-@pytest.mark.parametrize("name,size,preset", [
-    ("FP_classifier", (56, 32), "kneron"), ("mobilenetv2", (224, 224), "imagenet"), ("resnet18", (224, 224), "imagenet"),
-    ("resnet50", (224, 224), "imagenet"), ("efficientnet-b0", (224, 224), "imagenet"),
-    ("efficientnet-b7", (224, 224), "imagenet"), ("efficientnet-lite0", (224, 224), "lite"),
-])
+@pytest.mark.parametrize(
+    "name,size,preset",
+    [
+        ("FP_classifier", (56, 32), "kneron"),
+        ("mobilenetv2", (224, 224), "imagenet"),
+        ("resnet18", (224, 224), "imagenet"),
+        ("resnet50", (224, 224), "imagenet"),
+        ("efficientnet-b0", (224, 224), "imagenet"),
+        ("efficientnet-b7", (224, 224), "imagenet"),
+        ("efficientnet-lite0", (224, 224), "lite"),
+    ],
+)
 def test_default_input_size_and_preprocessing(name, size, preset):
     spec = get_spec(name)
     assert spec.input_size == size
@@ -146,8 +155,16 @@ def _functions_called(model: nn.Module, x: torch.Tensor) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("name,head", [("resnet18", "fc"), ("resnet50", "fc"), ("mobilenetv2", "classifier.-1"),
-                                       ("FP_classifier", "classifier.-1"), ("efficientnet-b0", "_fc")])
+@pytest.mark.parametrize(
+    "name,head",
+    [
+        ("resnet18", "fc"),
+        ("resnet50", "fc"),
+        ("mobilenetv2", "classifier.-1"),
+        ("FP_classifier", "classifier.-1"),
+        ("efficientnet-b0", "_fc"),
+    ],
+)
 def test_new_head_is_xavier_uniform_with_bias_001(name, head):
     model = create_model(name, num_classes=7)
     layer = model
@@ -185,9 +202,16 @@ def _lite0_imagenet_checkpoint(path: Path) -> Path:
     model = create_model("efficientnet-lite0", num_classes=1000, pretrained=True)
     model._fc.load_state_dict({"weight": shipped["_fc.weight"], "bias": shipped["_fc.bias"]})
     spec = get_spec("efficientnet-lite0")
-    save_checkpoint(make_checkpoint(model, backbone="efficientnet-lite0", model_kwargs={},
-                                    classes=[str(i) for i in range(1000)],
-                                    preprocess=Preprocess(input_size=spec.input_size, preset=spec.preprocess)), path)
+    save_checkpoint(
+        make_checkpoint(
+            model,
+            backbone="efficientnet-lite0",
+            model_kwargs={},
+            classes=[str(i) for i in range(1000)],
+            preprocess=Preprocess(input_size=spec.input_size, preset=spec.preprocess),
+        ),
+        path,
+    )
     return path
 
 
@@ -273,7 +297,8 @@ def test_user_plugin_file_is_picked_up(tmp_path):
         "@register_model('linear-probe-test', input_size=(16, 16), preprocess='unit')\n"
         "def build(num_classes, hidden=8):\n"
         "    '''Flatten + MLP.'''\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, hidden), nn.ReLU(),\n"
+        "                         nn.Linear(hidden, num_classes))\n"
     )
     (tmp_path / "_private_helper.py").write_text("raise RuntimeError('helpers starting with _ are not imported')\n")
     new = load_plugins(tmp_path)
@@ -377,7 +402,9 @@ class _Exploit:
 
 def test_a_malicious_checkpoint_cannot_run_code(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"format": "edgecls-checkpoint/1", "state_dict": {}, "payload": _Exploit(str(marker))}, tmp_path / "evil.pth")
+    torch.save(
+        {"format": "edgecls-checkpoint/1", "state_dict": {}, "payload": _Exploit(str(marker))}, tmp_path / "evil.pth"
+    )
     with pytest.raises(UserError, match="arbitrary code"):
         load_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(UserError):

@@ -17,8 +17,9 @@ from edgecls.export.metadata import write_metadata
 from edgecls.predict import Predictor
 
 
-def export_onnx(ckpt_path: Path, out: Path, *, fixed_batch: bool = False, softmax: bool = False,
-                metadata: bool = True) -> Path:
+def export_onnx(
+    ckpt_path: Path, out: Path, *, fixed_batch: bool = False, softmax: bool = False, metadata: bool = True
+) -> Path:
     """A plain torch.onnx export of a checkpoint (optionally ending in Softmax / batch fixed to 1)."""
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
@@ -26,14 +27,27 @@ def export_onnx(ckpt_path: Path, out: Path, *, fixed_batch: bool = False, softma
         model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
     h, w = ckpt["preprocess"]["input_size"]
     axes = None if fixed_batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
-    torch.onnx.export(model, torch.zeros(1, 3, h, w), str(out), opset_version=13, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, h, w),
+        str(out),
+        opset_version=13,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes=axes,
+    )
     proto = onnx.load(str(out))
     if metadata:
         from edgecls.data.presets import Preprocess
 
-        write_metadata(proto, classes=ckpt["classes"], preprocess=Preprocess.from_dict(ckpt["preprocess"]),
-                       backbone=ckpt["model"]["name"], softmax=softmax)
+        write_metadata(
+            proto,
+            classes=ckpt["classes"],
+            preprocess=Preprocess.from_dict(ckpt["preprocess"]),
+            backbone=ckpt["model"]["name"],
+            softmax=softmax,
+        )
     onnx.save(proto, str(out))
     return out
 
@@ -113,12 +127,14 @@ def test_bare_state_dict_needs_backbone_and_classes(trained_ckpt, digits_dir, tm
         Predictor.from_path(bare, backbone="FP_classifier")
     from edgecls.data.presets import Preprocess
 
-    pred = Predictor.from_path(bare, backbone="FP_classifier", class_names=ckpt["classes"],
-                               preprocess=Preprocess.from_dict(ckpt["preprocess"]))
+    pred = Predictor.from_path(
+        bare, backbone="FP_classifier", class_names=ckpt["classes"], preprocess=Preprocess.from_dict(ckpt["preprocess"])
+    )
     paths, _ = val_images(digits_dir, per_class=2)
     imgs = [load_rgb(p) for p in paths]
-    np.testing.assert_allclose(pred.predict_images(imgs), Predictor.from_path(trained_ckpt).predict_images(imgs),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        pred.predict_images(imgs), Predictor.from_path(trained_ckpt).predict_images(imgs), atol=1e-6
+    )
     with pytest.raises(UserError, match="10 outputs but the class map has 3"):
         Predictor.from_path(bare, backbone="FP_classifier", class_names=["a", "b", "c"])
     with pytest.raises(UserError, match="wrong --backbone"):

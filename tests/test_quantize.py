@@ -38,7 +38,7 @@ def _digits(n: int, offset: int = 0) -> np.ndarray:
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    images = (load_digits().images[offset:offset + n] / 16 * 255).astype(np.uint8)
+    images = (load_digits().images[offset : offset + n] / 16 * 255).astype(np.uint8)
     rgb = [np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR).convert("RGB"), np.float32) for im in images]
     return ((np.stack(rgb) - 127.0) / 128.0).transpose(0, 3, 1, 2).copy()
 
@@ -57,7 +57,7 @@ def net_and_proto():
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def test_int8_is_qdq_per_channel_keeps_metadata_and_tracks_fp32(net_and_proto):
@@ -69,8 +69,13 @@ def test_int8_is_qdq_per_channel_keeps_metadata_and_tracks_fp32(net_and_proto):
     onnx.checker.check_model(int8, full_check=True)
     assert {p.key: p.value for p in int8.metadata_props}["edgecls.classes"] == '["0"]'
     init = {t.name: t for t in int8.graph.initializer}
-    weight_dq = [n for n in int8.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
-                 and init[n.input[0]].data_type == onnx.TensorProto.INT8]
+    weight_dq = [
+        n
+        for n in int8.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in init
+        and init[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
     assert len(weight_dq) == 4
     assert all(len(init[n.input[1]].dims) == 1 and init[n.input[1]].dims[0] > 1 for n in weight_dq)  # per channel
     fp32, q = _run(proto, test), _run(int8, test)
@@ -104,8 +109,11 @@ def test_bias_correction_removes_the_mean_shift_weight_rounding_causes(net_and_p
 
     def changed_biases(a, b):
         ia = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
-        return [n for n, t in ((t.name, numpy_helper.to_array(t)) for t in b.graph.initializer)
-                if t.dtype == np.int32 and not np.array_equal(t, ia[n])]
+        return [
+            n
+            for n, t in ((t.name, numpy_helper.to_array(t)) for t in b.graph.initializer)
+            if t.dtype == np.int32 and not np.array_equal(t, ia[n])
+        ]
 
     assert len(changed_biases(plain, corrected)) >= 3  # the corrected layers' int32 biases moved
     assert correct_biases(passes.optimize(export_onnx(model, (32, 32)))[0], onnx.ModelProto(), calib) == 0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cmd
+
 from edgecls.engine.checkpoint import load_checkpoint
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk", "lr"]
@@ -35,9 +35,34 @@ def resume_data(digits_dir, tmp_path_factory) -> Path:
 
 
 def flags(data: Path, run: Path) -> list[str]:
-    return [str(REPO / "train.py"), str(data), "--backbone", "FP_classifier", "--input-size", "32", "--epochs", "4",
-            "--batch-size", "16", "--optimizer", "ADAMW", "--lr", "3e-3", "--hflip", "0.5", "--crop-scale", "0.7",
-            "--workers", "0", "--seed", "0", "--patience", "10", "--snapshot-path", str(run)]
+    return [
+        str(REPO / "train.py"),
+        str(data),
+        "--backbone",
+        "FP_classifier",
+        "--input-size",
+        "32",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "ADAMW",
+        "--lr",
+        "3e-3",
+        "--hflip",
+        "0.5",
+        "--crop-scale",
+        "0.7",
+        "--workers",
+        "0",
+        "--seed",
+        "0",
+        "--patience",
+        "10",
+        "--snapshot-path",
+        str(run),
+    ]
 
 
 def rows(run: Path) -> list[dict]:
@@ -71,8 +96,13 @@ def uninterrupted(resume_data, tmp_path_factory) -> Path:
 def test_killed_and_resumed_run_matches_uninterrupted_run(resume_data, uninterrupted, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), **ENV)
-    proc = subprocess.Popen([sys.executable, *flags(resume_data, run)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *flags(resume_data, run)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(rows(run)) < 2:  # summary.csv is rewritten right after last.pth of each epoch
@@ -90,8 +120,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(resume_data, uninterru
     saved_epoch = load_checkpoint(run / "last.pth")["train"]["epoch"]
     assert saved_epoch + 1 >= 2
 
-    resumed = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0"],
-                      cwd=tmp_path, env=ENV)
+    resumed = run_cmd(
+        [str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0"], cwd=tmp_path, env=ENV
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {run} at epoch {saved_epoch + 2}/4" in resumed.stdout
     assert metrics(run) == metrics(uninterrupted)  # every epoch's losses, accuracies and lr, exactly
@@ -104,9 +135,24 @@ def test_resume_from_a_last_pth_file_with_a_larger_epoch_budget_and_autotuning_o
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is False  # the default
-    proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run / "last.pth"), "--epochs=5",
-                    "--workers", "0", "--cudnn-benchmark", "--lr", "3e-3", "--batch-size", "16"],  # the run's own values
-                   cwd=tmp_path, env=ENV)
+    proc = run_cmd(
+        [
+            str(REPO / "train.py"),
+            str(resume_data),
+            "--resume",
+            str(run / "last.pth"),
+            "--epochs=5",
+            "--workers",
+            "0",
+            "--cudnn-benchmark",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "16",
+        ],  # the run's own values
+        cwd=tmp_path,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 5/5" in proc.stdout
     assert load_checkpoint(run / "last.pth")["train"]["config"]["cudnn_benchmark"] is True  # speed only: may change
@@ -121,22 +167,31 @@ def test_resume_on_a_dataset_with_other_classes_is_refused(resume_data, uninterr
     for split in ("train", "val"):
         for digit in "012":
             shutil.copytree(resume_data / split / digit, other / split / digit)
-    proc = run_cmd([str(REPO / "train.py"), str(other), "--resume", str(uninterrupted), "--workers", "0", "--epochs", "6"],
-                   cwd=tmp_path, env=ENV)
+    proc = run_cmd(
+        [str(REPO / "train.py"), str(other), "--resume", str(uninterrupted), "--workers", "0", "--epochs", "6"],
+        cwd=tmp_path,
+        env=ENV,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: --resume: the dataset's classes")
 
 
-def test_resuming_a_finished_run_or_changing_its_settings_is_refused_and_writes_nothing(resume_data, uninterrupted,
-                                                                                          tmp_path):
+def test_resuming_a_finished_run_or_changing_its_settings_is_refused_and_writes_nothing(
+    resume_data, uninterrupted, tmp_path
+):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    cases = [([], "the run has already trained 4 epochs (of 4); pass --epochs N with N > 4"),
-             (["--epochs", "3"], "--epochs 3: the run has already trained 4 epochs"),
-             (["--epochs", "6", "--lr", "0.1"], "--resume: --lr 0.1 differs from the run's 0.003"),
-             (["--epochs=6", "--batch-size=8"], "--resume: --batch-size 8 differs from the run's 16")]
+    cases = [
+        ([], "the run has already trained 4 epochs (of 4); pass --epochs N with N > 4"),
+        (["--epochs", "3"], "--epochs 3: the run has already trained 4 epochs"),
+        (["--epochs", "6", "--lr", "0.1"], "--resume: --lr 0.1 differs from the run's 0.003"),
+        (["--epochs=6", "--batch-size=8"], "--resume: --batch-size 8 differs from the run's 16"),
+    ]
     for extra, message in cases:
-        proc = run_cmd([str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0", *extra],
-                       cwd=tmp_path, env=ENV)
+        proc = run_cmd(
+            [str(REPO / "train.py"), str(resume_data), "--resume", str(run), "--workers", "0", *extra],
+            cwd=tmp_path,
+            env=ENV,
+        )
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, run_cmd
+from PIL import Image
 
 MAX_UPLOAD_MB = 1.0
 
@@ -30,8 +29,14 @@ MAX_UPLOAD_MB = 1.0
 def start_server(model: Path, *extra: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
     """`serve.py --model MODEL --port 0` in a real process; returns (process, base URL) once /health answers."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--model", str(model), "--port", "0", *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "serve.py"), "--model", str(model), "--port", "0", *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     url: list[str] = []
 
@@ -68,7 +73,9 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def correctly_classified(ckpt: Path, digits_dir: Path, count: int = 1, exclude: str | None = None) -> list[tuple[Path, str]]:
+def correctly_classified(
+    ckpt: Path, digits_dir: Path, count: int = 1, exclude: str | None = None
+) -> list[tuple[Path, str]]:
     """Val images (path, true digit) that the Predictor itself classifies right, one per digit, in digit order."""
     from edgecls.data.images import load_rgb
     from edgecls.predict import Predictor
@@ -96,6 +103,7 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims WIDTHxHEIGHT pixels but holds almost no data: a pixel bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -111,8 +119,16 @@ def noise_png(side: int, seed: int = 0) -> bytes:
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def server(trained_ckpt):
-    proc, url = start_server(trained_ckpt, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "4",
-                             "--max-pixels", "20000000", "--no-access-log")
+    proc, url = start_server(
+        trained_ckpt,
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+        "--max-batch",
+        "4",
+        "--max-pixels",
+        "20000000",
+        "--no-access-log",
+    )
     yield url
     alive = proc.poll() is None
     stop_server(proc)
@@ -253,9 +269,10 @@ def test_missing_file_no_fields(server):
     response = httpx.post(f"{server}/classify", files={}, data={"note": "hi"}, timeout=30)
     # httpx sends a urlencoded body when there are no files: the server says to use multipart
     assert response.status_code == 415 and response.json()["success"] is False
-    body = b"--xyz\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--xyz--\r\n"
-    response = httpx.post(f"{server}/classify", content=body,
-                          headers={"content-type": "multipart/form-data; boundary=xyz"}, timeout=30)
+    body = b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--xyz--\r\n'
+    response = httpx.post(
+        f"{server}/classify", content=body, headers={"content-type": "multipart/form-data; boundary=xyz"}, timeout=30
+    )
     assert response.status_code == 400 and "missing multipart file field 'img'" in response.json()["error"]
     assert "['note']" in response.json()["error"]
 
@@ -267,16 +284,22 @@ def test_json_body_is_refused(server):
 
 
 def test_malformed_multipart(server):
-    response = httpx.post(f"{server}/classify", content=b"garbage without boundary",
-                          headers={"content-type": "multipart/form-data"}, timeout=30)
+    response = httpx.post(
+        f"{server}/classify",
+        content=b"garbage without boundary",
+        headers={"content-type": "multipart/form-data"},
+        timeout=30,
+    )
     assert response.status_code == 400 and response.json()["success"] is False
 
 
 def test_over_size_chunked_upload_without_content_length(server):
     """No Content-Length: the server counts the bytes as they arrive and stops at the limit."""
     boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"img\"; filename=\"big.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="img"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
     def body():
         yield head
@@ -284,8 +307,12 @@ def test_over_size_chunked_upload_without_content_length(server):
             yield b"\0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = httpx.post(f"{server}/classify", content=body(), timeout=60,
-                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = httpx.post(
+        f"{server}/classify",
+        content=body(),
+        timeout=60,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 413, response.text
     assert response.json()["success"] is False and "limit" in response.json()["error"]
 
@@ -293,8 +320,10 @@ def test_over_size_chunked_upload_without_content_length(server):
 def test_huge_declared_body_is_refused_before_reading(server):
     """A Content-Length far over the limit is answered at once (no upload of 200 MB is waited for)."""
     with socket.create_connection(urlsplit_host_port(server), timeout=30) as sock:
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 200000000\r\n\r\n--b\r\n")
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 200000000\r\n\r\n--b\r\n"
+        )
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
@@ -345,7 +374,9 @@ def test_concurrent_burst_all_succeed(server, samples):
             for j in range(4):
                 data, digit = payloads[(index + j) % len(payloads)]
                 r = http.post(f"{server}/classify", files={"img": ("d.png", data, "image/png")}, params={"topk": 1})
-                out.append((r.status_code, r.json()["predictions"][0]["label"] if r.status_code == 200 else r.text, digit))
+                out.append(
+                    (r.status_code, r.json()["predictions"][0]["label"] if r.status_code == 200 else r.text, digit)
+                )
         return out
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -374,8 +405,9 @@ def test_micro_batcher_merges_requests_that_wait_and_keeps_order():
         try:
             first = asyncio.ensure_future(batcher.predict([np.full((3, 2, 2), 0.0, np.float32)]))
             await asyncio.sleep(0.05)  # the first forward pass is now running
-            rest = [asyncio.ensure_future(batcher.predict([np.full((3, 2, 2), float(i), np.float32)]))
-                    for i in range(1, 11)]
+            rest = [
+                asyncio.ensure_future(batcher.predict([np.full((3, 2, 2), float(i), np.float32)])) for i in range(1, 11)
+            ]
             results = await asyncio.gather(first, *rest)
         finally:
             await batcher.stop()
@@ -412,18 +444,26 @@ def test_serves_an_onnx_file_with_the_same_answers(trained_ckpt, samples, tmp_pa
     import onnx
     import torch
 
-    from edgecls.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from edgecls.data.presets import Preprocess
+    from edgecls.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from edgecls.export.metadata import write_metadata
 
     ckpt = load_checkpoint(trained_ckpt)
     model = model_from_checkpoint(ckpt)
     onnx_path = tmp_path / "model.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, 32, 32), str(onnx_path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, 32, 32),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        dynamo=False,
+    )
     proto = onnx.load(str(onnx_path))
-    write_metadata(proto, classes=ckpt["classes"], preprocess=Preprocess.from_dict(ckpt["preprocess"]),
-                   backbone="FP_classifier")
+    write_metadata(
+        proto, classes=ckpt["classes"], preprocess=Preprocess.from_dict(ckpt["preprocess"]), backbone="FP_classifier"
+    )
     onnx.save(proto, str(onnx_path))
     proc, url = start_server(onnx_path, "--no-access-log")
     try:

@@ -6,15 +6,22 @@ import base64
 from pathlib import Path
 
 import pytest
-
 from test_serve import correctly_classified, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                            "(apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,7 @@ def open_page(page, server: str) -> None:
 
 
 def test_pick_a_file_and_see_the_right_digit(page, server, trained_ckpt, digits_dir):
-    (path, digit), = correctly_classified(trained_ckpt, digits_dir, count=1)
+    ((path, digit),) = correctly_classified(trained_ckpt, digits_dir, count=1)
     open_page(page, server)
     assert "10 classes" in page.text_content("#model-info") and "32x32" in page.text_content("#model-info")
     page.fill("#topk", "3")
@@ -73,7 +80,9 @@ def test_drop_an_image_and_see_the_right_digit(page, server, trained_ckpt, digit
             const dt = new DataTransfer();
             dt.items.add(new File([bytes], name, { type: 'image/png' }));
             return dt;
-        }""", [path.name, payload])
+        }""",
+        [path.name, payload],
+    )
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": data_transfer})
     page.wait_for_selector("#results li")
     assert page.eval_on_selector("#results li", "li => li.dataset.label") == digit

@@ -50,8 +50,21 @@ def tiny_data(digits_dir, tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, run: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data), backbone="FP_classifier", input_size=(32, 32), epochs=1, batch_size=16, workers=0,
-                hflip=0.0, crop_scale=0.8, optimizer="ADAMW", lr=3e-3, snapshot_path=str(run) if run else None, model_def_path=None, seed=0)
+    base = dict(
+        data=str(data),
+        backbone="FP_classifier",
+        input_size=(32, 32),
+        epochs=1,
+        batch_size=16,
+        workers=0,
+        hflip=0.0,
+        crop_scale=0.8,
+        optimizer="ADAMW",
+        lr=3e-3,
+        snapshot_path=str(run) if run else None,
+        model_def_path=None,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -87,9 +100,14 @@ def test_run_folder_contents(trained_run, digits_dir):
     with Image.open(trained_run / "curves.png") as img:
         assert img.format == "PNG" and img.width > 300
     timings = json.loads((trained_run / "timings.json").read_text())
-    assert timings["train_images"] == sum(1 for _ in (digits_dir / "train").rglob("*.png")) and not timings["train_cache_streamed"]
+    assert (
+        timings["train_images"] == sum(1 for _ in (digits_dir / "train").rglob("*.png"))
+        and not timings["train_cache_streamed"]
+    )
     first_row = read_rows(trained_run)[0]
-    assert 0 < timings["first_step_s"] < timings["first_epoch_s"] == pytest.approx(float(first_row["seconds"]), abs=0.01)
+    assert (
+        0 < timings["first_step_s"] < timings["first_epoch_s"] == pytest.approx(float(first_row["seconds"]), abs=0.01)
+    )
     last = load_checkpoint(trained_run / "last.pth")
     assert last["train"]["epoch"] == len(read_rows(trained_run)) - 1
     assert {"optimizer", "scheduler", "rng", "early_stopping", "config"} <= set(last["train"])
@@ -140,7 +158,7 @@ def test_early_stopping_fires_during_training(tiny_data, tmp_path):
     rows = read_rows(tmp_path / "run")
     assert len(rows) == result["epochs_run"]
     best = float(rows[result["best_epoch"] - 1]["val_top1"])
-    assert all(float(r["val_top1"]) <= best for r in rows[result["best_epoch"]:])
+    assert all(float(r["val_top1"]) <= best for r in rows[result["best_epoch"] :])
 
 
 def test_early_stop_0_runs_every_epoch(tiny_data, tmp_path):
@@ -154,8 +172,12 @@ def test_early_stop_0_runs_every_epoch(tiny_data, tmp_path):
 def test_bad_files_are_skipped_and_listed_in_the_run_folder(digits_dir, tmp_path, capsys):
     data = copy_subset(digits_dir, tmp_path / "data", n_train=10, n_val=4)
     good = sorted((data / "train" / "0").iterdir())[0]
-    bad = [data / "train" / "0" / "empty.png", data / "train" / "1" / "truncated.png", data / "val" / "2" / "text.jpg",
-           data / "train" / "2" / "readme.txt"]
+    bad = [
+        data / "train" / "0" / "empty.png",
+        data / "train" / "1" / "truncated.png",
+        data / "val" / "2" / "text.jpg",
+        data / "train" / "2" / "readme.txt",
+    ]
     bad[0].write_bytes(b"")
     bad[1].write_bytes(good.read_bytes()[:50])
     bad[2].write_bytes(b"not an image at all")
@@ -183,8 +205,19 @@ def test_numeric_class_names_keep_one_order_in_run_outputs(digits_dir, tmp_path)
 
 
 def test_amp_and_label_smoothing_and_class_weights_run_on_cpu(tiny_data, tmp_path):
-    result = fit(tiny_config(tiny_data, tmp_path / "run", amp=True, label_smoothing=0.1, class_weights="balanced",
-                             optimizer="SGD", lr=0.05, scheduler="step", warmup_epochs=1))
+    result = fit(
+        tiny_config(
+            tiny_data,
+            tmp_path / "run",
+            amp=True,
+            label_smoothing=0.1,
+            class_weights="balanced",
+            optimizer="SGD",
+            lr=0.05,
+            scheduler="step",
+            warmup_epochs=1,
+        )
+    )
     assert result["epochs_run"] == 1
     row = read_rows(tmp_path / "run")[0]
     assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["val_loss"]))
@@ -222,8 +255,10 @@ def test_class_weights():
         class_weight_tensor("heavy", [1, 1])
 
 
-@pytest.mark.parametrize("name,cls", [("SGD", torch.optim.SGD), ("ASGD", torch.optim.ASGD), ("ADAM", torch.optim.Adam),
-                                      ("ADAMW", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [("SGD", torch.optim.SGD), ("ASGD", torch.optim.ASGD), ("ADAM", torch.optim.Adam), ("ADAMW", torch.optim.AdamW)],
+)
 def test_every_optimizer_takes_a_step(name, cls, tmp_path):
     model = nn.Linear(4, 2)
     cfg = TrainConfig(data=str(tmp_path), optimizer=name, lr=0.1)
@@ -261,8 +296,17 @@ def test_default_run_folder_is_snapshots_date(tiny_data, tmp_path, monkeypatch):
 
 def test_plugin_backbone_trains_and_reloads(tiny_data, tmp_path):
     models_dir = str(Path(__file__).resolve().parents[1] / "models")
-    result = fit(tiny_config(tiny_data, tmp_path / "run", backbone="tinynet", input_size=None, model_def_path=models_dir,
-                             epochs=2, lr=1e-2))
+    result = fit(
+        tiny_config(
+            tiny_data,
+            tmp_path / "run",
+            backbone="tinynet",
+            input_size=None,
+            model_def_path=models_dir,
+            epochs=2,
+            lr=1e-2,
+        )
+    )
     assert result["epochs_run"] == 2
     ckpt = load_checkpoint(tmp_path / "run" / "best.pth")
     assert ckpt["model"]["name"] == "tinynet" and ckpt["preprocess"]["input_size"] == [32, 32]

@@ -9,15 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import run_cmd
+
 from edgecls.cli.common import parse_with_config
 from edgecls.cli.train import config_from_args, get_args_parser
 from edgecls.errors import UserError
 
 # A tiny, fast run: a few real digit images, FP_classifier at 32x32, one epoch, CPU.
-FAST = ["--backbone", "FP_classifier", "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-        "--hflip", "0"]
+FAST = [
+    "--backbone",
+    "FP_classifier",
+    "--input-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--hflip",
+    "0",
+]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -38,12 +50,29 @@ def small_data(digits_dir, tmp_path_factory) -> Path:
 
 
 KNERON_DEFAULTS = {
-    "gpu": -1, "freeze_backbone": 0, "early_stop": 1, "patience": 7, "model_name": None, "lr": 1e-3,
-    "model_def_path": "./models/", "snapshot": None, "epochs": 100, "batch_size": 64, "snapshot_path": None,
-    "optimizer": "SGD", "loss": "cross_entropy",
+    "gpu": -1,
+    "freeze_backbone": 0,
+    "early_stop": 1,
+    "patience": 7,
+    "model_name": None,
+    "lr": 1e-3,
+    "model_def_path": "./models/",
+    "snapshot": None,
+    "epochs": 100,
+    "batch_size": 64,
+    "snapshot_path": None,
+    "optimizer": "SGD",
+    "loss": "cross_entropy",
     # additions users of such scripts expect
-    "resume": None, "seed": 0, "input_size": None, "pretrained": False, "preprocess": None, "label_smoothing": 0.0,
-    "class_weights": "none", "amp": False, "config": None,
+    "resume": None,
+    "seed": 0,
+    "input_size": None,
+    "pretrained": False,
+    "preprocess": None,
+    "label_smoothing": 0.0,
+    "class_weights": "none",
+    "amp": False,
+    "config": None,
 }
 
 
@@ -69,13 +98,44 @@ def test_help_documents_every_flag_with_its_default():
     proc = run_cmd(["train.py", "--help"])
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())  # undo argparse's line wrapping
-    for flag in ["--gpu", "--workers", "--backbone", "--freeze-backbone", "--early-stop", "--patience", "--model-name",
-                 "--lr", "--model-def-path", "--snapshot", "--epochs", "--batch-size", "--snapshot-path", "--optimizer",
-                 "--loss", "--resume", "--seed", "--input-size", "--pretrained", "--preprocess", "--label-smoothing",
-                 "--class-weights", "--amp", "--config", "DATASET_DIR"]:
+    for flag in [
+        "--gpu",
+        "--workers",
+        "--backbone",
+        "--freeze-backbone",
+        "--early-stop",
+        "--patience",
+        "--model-name",
+        "--lr",
+        "--model-def-path",
+        "--snapshot",
+        "--epochs",
+        "--batch-size",
+        "--snapshot-path",
+        "--optimizer",
+        "--loss",
+        "--resume",
+        "--seed",
+        "--input-size",
+        "--pretrained",
+        "--preprocess",
+        "--label-smoothing",
+        "--class-weights",
+        "--amp",
+        "--config",
+        "DATASET_DIR",
+    ]:
         assert flag in out, flag
-    for default in ["(default: -1)", "(default: 7)", "(default: 0.001)", "(default: ./models/)", "(default: 100)",
-                    "(default: 64)", "(default: SGD)", "(default: cross_entropy)"]:
+    for default in [
+        "(default: -1)",
+        "(default: 7)",
+        "(default: 0.001)",
+        "(default: ./models/)",
+        "(default: 100)",
+        "(default: 64)",
+        "(default: SGD)",
+        "(default: cross_entropy)",
+    ]:
         assert default in out, default
     assert "ADAMW" in out and "kneron" in out and "imagenet" in out and "unit" in out
     assert "snapshots/<date" in out  # where runs go by default
@@ -83,8 +143,18 @@ def test_help_documents_every_flag_with_its_default():
 
 def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
     cfg = tmp_path / "train.yaml"
-    cfg.write_text(yaml.safe_dump({"epochs": 3, "batch-size": 16, "optimizer": "ADAMW", "input_size": "56x32",
-                                   "label-smoothing": 0.1, "hflip": 0.0}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "epochs": 3,
+                "batch-size": 16,
+                "optimizer": "ADAMW",
+                "input_size": "56x32",
+                "label-smoothing": 0.1,
+                "hflip": 0.0,
+            }
+        )
+    )
     argv = ["DATA", "--config", str(cfg), "--epochs", "5"]
     args = parse_with_config(get_args_parser(), argv)
     assert args.epochs == 5  # the flag wins
@@ -107,15 +177,21 @@ def test_config_values_are_converted_like_command_line_values(tmp_path):
     assert args.input_size == (56, 32)
 
 
-@pytest.mark.parametrize("text,match", [("epochs: [", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping"),
-                                        ("epohcs: 3\n", "unknown key 'epohcs'"),
-                                        ("freeze-backbone: 2\n", "is not one of 0, 1"),
-                                        ("epochs: many\n", "'epochs': 'many' is not valid"),
-                                        ("amp: 1\n", "on/off flag"),
-                                        ("data: somewhere\n", "give DATASET_DIR on the command line"),
-                                        ("epochs:\n", "'epochs' has no value; give one \\(default: 100\\)"),
-                                        ("lr: [0.1, 0.2]\n", "'lr': '0.1,0.2' is not valid"),
-                                        ("lr: {a: 1}\n", "not a mapping")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("epochs: [", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("epohcs: 3\n", "unknown key 'epohcs'"),
+        ("freeze-backbone: 2\n", "is not one of 0, 1"),
+        ("epochs: many\n", "'epochs': 'many' is not valid"),
+        ("amp: 1\n", "on/off flag"),
+        ("data: somewhere\n", "give DATASET_DIR on the command line"),
+        ("epochs:\n", "'epochs' has no value; give one \\(default: 100\\)"),
+        ("lr: [0.1, 0.2]\n", "'lr': '0.1,0.2' is not valid"),
+        ("lr: {a: 1}\n", "not a mapping"),
+    ],
+)
 def test_bad_config_files_are_user_errors(tmp_path, text, match):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(UserError, match=match):
@@ -193,10 +269,20 @@ def bad_inputs(tmp_path_factory, small_data) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_inputs")
     model = create_model("FP_classifier", num_classes=3)
     torch.save(model, root / "kneron_full_model.pth")  # what Kneron's train.py saves
-    save_checkpoint(make_checkpoint(model, backbone="FP_classifier", model_kwargs={}, classes=["0", "1", "2"],
-                                    preprocess=Preprocess((32, 32), "kneron")), root / "best_only.pth")
+    save_checkpoint(
+        make_checkpoint(
+            model,
+            backbone="FP_classifier",
+            model_kwargs={},
+            classes=["0", "1", "2"],
+            preprocess=Preprocess((32, 32), "kneron"),
+        ),
+        root / "best_only.pth",
+    )
     (root / "plugins").mkdir()
-    (root / "plugins" / "typo_net_for_cli_test.py").write_text("from edgecls.models import register_model\nimport torch.nn as\n")
+    (root / "plugins" / "typo_net_for_cli_test.py").write_text(
+        "from edgecls.models import register_model\nimport torch.nn as\n"
+    )
     (root / "bad_key.yaml").write_text("epochs: 2\nlearning_rate: 0.1\n")
     (root / "taken").mkdir()
     (root / "a_file").write_text("not a folder")
@@ -247,7 +333,9 @@ def test_flag_errors(tmp_path, small_data, bad_inputs, case, flags, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_image_cache_without_cuda_writes_nothing(tmp_path, small_data):
-    proc = train([str(small_data), *FAST, "--cache-images", "gpu", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
+    proc = train(
+        [str(small_data), *FAST, "--cache-images", "gpu", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path
+    )
     assert_user_error(proc, "--cache-images gpu needs a CUDA device")
     assert not (tmp_path / "run").exists() and not (tmp_path / "snapshots").exists()
 
@@ -266,9 +354,29 @@ def test_edgecls_train_subcommand_reports_errors_the_same_way(tmp_path):
 def test_successful_cli_run_writes_the_run_folder(tmp_path, small_data):
     """The happy path of the same script: exit 0, a run folder with every promised file."""
     run = tmp_path / "run"
-    proc = train([str(small_data), *FAST, "--epochs", "2", "--optimizer", "adamw", "--lr", "3e-3", "--seed", "3",
-                  "--snapshot-path", str(run), "--class-weights", "balanced", "--label-smoothing", "0.1",
-                  "--workers", "2"], cwd=tmp_path)  # real DataLoader worker processes
+    proc = train(
+        [
+            str(small_data),
+            *FAST,
+            "--epochs",
+            "2",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "3e-3",
+            "--seed",
+            "3",
+            "--snapshot-path",
+            str(run),
+            "--class-weights",
+            "balanced",
+            "--label-smoothing",
+            "0.1",
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+    )  # real DataLoader worker processes
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("best.pth", "last.pth", "class_id.json", "summary.csv", "args.yaml", "curves.png"):
         assert (run / name).is_file(), name
@@ -292,8 +400,23 @@ def test_snapshot_accepts_a_checkpoint_and_a_bare_state_dict(tmp_path, small_dat
     torch.save(ckpt["state_dict"], tmp_path / "bare.pth")
     for i, snap in enumerate([trained_ckpt, tmp_path / "bare.pth"]):
         run = tmp_path / f"run{i}"
-        proc = train([str(small_data), *FAST, "--snapshot", str(snap), "--snapshot-path", str(run), "--lr", "0",
-                      "--optimizer", "SGD", "--freeze-backbone", "1"], cwd=tmp_path)
+        proc = train(
+            [
+                str(small_data),
+                *FAST,
+                "--snapshot",
+                str(snap),
+                "--snapshot-path",
+                str(run),
+                "--lr",
+                "0",
+                "--optimizer",
+                "SGD",
+                "--freeze-backbone",
+                "1",
+            ],
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "classifier.1.weight" in proc.stdout  # the head of another size is reported as skipped
         new = load_checkpoint(run / "last.pth")["state_dict"]
@@ -302,24 +425,37 @@ def test_snapshot_accepts_a_checkpoint_and_a_bare_state_dict(tmp_path, small_dat
 
 def test_one_progress_bar_per_epoch_on_a_terminal(tmp_path, small_data):
     """Under a pseudo-terminal the script draws a tqdm bar for each epoch (and none when piped)."""
+    import fcntl
     import os
     import pty
     import select
+    import struct
     import subprocess
     import sys
+    import termios
 
     from conftest import REPO
-
-    import fcntl
-    import struct
-    import termios
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's size
     env = dict(os.environ, PYTHONPATH=str(REPO), **ONE_THREAD)
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(small_data), *FAST, "--epochs", "2",
-                             "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            str(small_data),
+            *FAST,
+            "--epochs",
+            "2",
+            "--snapshot-path",
+            str(tmp_path / "run"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
     os.close(slave)
     chunks = []
     try:
@@ -357,8 +493,11 @@ def test_cudnn_autotuning_is_off_unless_asked_for(tmp_path):
     assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is True
     argv = ["D", "--config", str(cfg), "--no-cudnn-benchmark"]
     assert parse_with_config(get_args_parser(), argv).cudnn_benchmark is False
-    for key, value, expected in (("no-cudnn-benchmark", True, False), ("no_cudnn_benchmark", False, True),
-                                 ("cudnn_benchmark", False, False)):
+    for key, value, expected in (
+        ("no-cudnn-benchmark", True, False),
+        ("no_cudnn_benchmark", False, True),
+        ("cudnn_benchmark", False, False),
+    ):
         cfg.write_text(yaml.safe_dump({key: value}))
         assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is expected, key
 
@@ -391,7 +530,10 @@ def test_a_class_without_training_images_is_warned_about(tmp_path, small_data):
     (data / "train" / "2").mkdir()
     proc = train([str(data), *FAST, "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "warning: train/ has no readable images for class(es) 2; the model cannot learn them" in proc.stdout + proc.stderr
+    assert (
+        "warning: train/ has no readable images for class(es) 2; the model cannot learn them"
+        in proc.stdout + proc.stderr
+    )
 
 
 def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
@@ -401,16 +543,21 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
     import sys
 
     script = tmp_path / "many_lines.py"
-    script.write_text("import sys\nfrom edgecls.cli.common import run_cli\n"
-                      "sys.exit(run_cli(lambda argv: [print(f'line {i}') for i in range(200000)] and 0, []))\n")
+    script.write_text(
+        "import sys\nfrom edgecls.cli.common import run_cli\n"
+        "sys.exit(run_cli(lambda argv: [print(f'line {i}') for i in range(200000)] and 0, []))\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run(f"'{sys.executable}' '{script}' | head -n 2", shell=True, capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        f"'{sys.executable}' '{script}' | head -n 2", shell=True, capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.stdout == "line 0\nline 1\n" and proc.stderr == ""
     other = tmp_path / "other_pipe.py"  # a broken pipe that is not stdout is a bug to show, not to hide
-    other.write_text("import os, sys\nfrom edgecls.cli.common import run_cli\n"
-                     "def main(argv):\n    r, w = os.pipe()\n    os.close(r)\n    os.write(w, b'x')\n"
-                     "sys.exit(run_cli(main, []))\n")
+    other.write_text(
+        "import os, sys\nfrom edgecls.cli.common import run_cli\n"
+        "def main(argv):\n    r, w = os.pipe()\n    os.close(r)\n    os.write(w, b'x')\n"
+        "sys.exit(run_cli(main, []))\n"
+    )
     proc = subprocess.run([sys.executable, str(other)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1 and "BrokenPipeError" in proc.stderr
 

@@ -42,9 +42,15 @@ def _kernelspec(folder: Path) -> str:
     name = "edgecls-tutorial-test"
     spec = folder / "kernels" / name
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "edgecls test", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "edgecls test",
+                "language": "python",
+            }
+        )
+    )
     return name
 
 
@@ -74,8 +80,9 @@ def test_tutorial_notebook_runs_end_to_end_in_quick_mode(tmp_path, monkeypatch):
 
     nb = nbformat.read(root / "tutorial" / "tutorial.ipynb", as_version=4)
     started = time.perf_counter()
-    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=600,
-                                     resources={"metadata": {"path": str(root / "tutorial")}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel, timeout=600, resources={"metadata": {"path": str(root / "tutorial")}}
+    )
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as exc:
@@ -86,8 +93,14 @@ def test_tutorial_notebook_runs_end_to_end_in_quick_mode(tmp_path, monkeypatch):
     print(f"tutorial (quick mode) ran in {seconds:.0f} s")
 
     # Commands shown as a user would type them, from the repository root.
-    for command in ("$ python -m edgecls.data.demo", "$ python train.py", "$ python eval_utils/eval.py",
-                    "$ python pytorch2onnx.py", "--quantize int8", "$ python inference.py --onnx"):
+    for command in (
+        "$ python -m edgecls.data.demo",
+        "$ python train.py",
+        "$ python eval_utils/eval.py",
+        "$ python pytorch2onnx.py",
+        "--quantize int8",
+        "$ python inference.py --onnx",
+    ):
         assert command in text, command
     assert f"repository {root}" in text
 

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgecls.errors import UserError
 
@@ -60,8 +60,12 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="YAML file whose keys set this command's defaults; flags given on the command line win")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="YAML file whose keys set this command's defaults; flags given on the command line win",
+    )
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -106,8 +110,10 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
         action = by_dest.get(name.replace("-", "_"))
         dashed = "--" + name.replace("_", "-")
         flag = by_flag.get("--" + name) or by_flag.get(dashed)
-        negative = flag is not None and (flag.const is False  # no-simplify: true (a store_false flag)
-                                         or (isinstance(flag, argparse.BooleanOptionalAction) and dashed.startswith("--no-")))
+        negative = flag is not None and (
+            flag.const is False  # no-simplify: true (a store_false flag)
+            or (isinstance(flag, argparse.BooleanOptionalAction) and dashed.startswith("--no-"))
+        )
         inverted = action is None and negative and flag.nargs == 0
         action = action or flag
         if action is None or action.dest in ("help", "config"):
@@ -131,7 +137,9 @@ def _config_value(path: Path, key, value, action: argparse.Action):
             return None
         if action.type is None and action.choices is None:
             return ""  # like the flag given an empty value (--model-def-path "": no plugin folder)
-        raise UserError(f"--config {path}: {key!r} has no value; give one (default: {action.default}) or remove the line")
+        raise UserError(
+            f"--config {path}: {key!r} has no value; give one (default: {action.default}) or remove the line"
+        )
     if isinstance(value, dict):
         raise UserError(f"--config {path}: {key!r}: expected a single value, not a mapping")
     if isinstance(value, list):  # class-weights: [1, 2] reads like the flag's "1,2"
@@ -167,6 +175,7 @@ def require_in(args: argparse.Namespace, intervals: dict[str, str]) -> None:
 def _describe_interval(spec: str, low: float, high: float) -> str:
     def num(v: float) -> str:
         return f"{v:g}"
+
     lower = f"greater than {num(low)}" if spec[0] == "(" else f"at least {num(low)}"
     if high == float("inf"):
         return lower

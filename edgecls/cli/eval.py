@@ -19,8 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.atomic import atomic_savefig, atomic_write_text
-from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
-                                run_cli)
+from edgecls.cli.common import (
+    DefaultsHelpFormatter,
+    add_config_flag,
+    parse_size,
+    parse_with_config,
+    require_at_least,
+    run_cli,
+)
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
@@ -30,18 +36,23 @@ LIST_LIMIT = 20  # missing / unreadable images listed in the text report (all of
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        allow_abbrev=False, prog="eval_utils/eval.py",
+        allow_abbrev=False,
+        prog="eval_utils/eval.py",
         description="Evaluate a model on a dataset split (--snapshot/--onnx + --data-dir), or prediction files "
-                    "against ground truth (--preds + --gts).",
+        "against ground truth (--preds + --gts).",
         formatter_class=DefaultsHelpFormatter,
     )
     add_config_flag(p)
     g = p.add_argument_group("dataset mode")
-    g.add_argument("--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone")
+    g.add_argument(
+        "--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone"
+    )
     g.add_argument("--onnx", default=None, metavar="ONNX", help="ONNX model (onnxruntime) instead of --snapshot")
     g.add_argument("--data-dir", default=None, help="dataset folder holding the split (or the split folder itself)")
     g.add_argument("--split", default="val", help="subfolder of --data-dir to evaluate")
-    g.add_argument("--backbone", default=None, help="backbone for a bare state_dict (default: read from the checkpoint)")
+    g.add_argument(
+        "--backbone", default=None, help="backbone for a bare state_dict (default: read from the checkpoint)"
+    )
     g.add_argument("--model-def-path", default="./models/", help="folder of plugin .py files that register backbones")
     g.add_argument("--input-size", type=parse_size, default=None, metavar="HxW", help="override the stored input size")
     g.add_argument("--preprocess", default=None, choices=sorted(PRESETS), help="override the stored normalization")
@@ -52,18 +63,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--gts", default=None, metavar="FILE.json", help="ground truth {image_path: label (name or id)}")
 
     g = p.add_argument_group("common")
-    g.add_argument("--class_id_path", "--class-id-path", dest="class_id_path", default=None,
-                   help="class map {\"0\": name, ...} (dataset mode: overrides the model's names; end-to-end: "
-                        "fixes the class list and order, default: the labels found, sorted)")
-    g.add_argument("--topk", type=int, default=5, help="report top-1 .. top-K accuracy (end-to-end: at most the "
-                                                        "number of labels each prediction file lists)")
-    g.add_argument("--save-dir", default=".", help="folder for eval_results.txt (appended), eval_results.json, "
-                                                  "confusion_matrix.png")
+    g.add_argument(
+        "--class_id_path",
+        "--class-id-path",
+        dest="class_id_path",
+        default=None,
+        help='class map {"0": name, ...} (dataset mode: overrides the model\'s names; end-to-end: '
+        "fixes the class list and order, default: the labels found, sorted)",
+    )
+    g.add_argument(
+        "--topk",
+        type=int,
+        default=5,
+        help="report top-1 .. top-K accuracy (end-to-end: at most the number of labels each prediction file lists)",
+    )
+    g.add_argument(
+        "--save-dir",
+        default=".",
+        help="folder for eval_results.txt (appended), eval_results.json, confusion_matrix.png",
+    )
     g.add_argument("--gpu", type=int, default=-1, help="CUDA device index; -1 for the CPU")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     g.add_argument("--workers", type=int, default=None, help="decode threads (default: min(4, CPU count))")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide the progress bar (shown only when stderr is a terminal)")
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="hide the progress bar (shown only when stderr is a terminal)",
+    )
     return p
 
 
@@ -76,7 +103,9 @@ def split_folder(data_dir: str, split: str) -> Path:
         return root / split
     if root.name == split:
         return root
-    raise UserError(f"--data-dir {root}: no {split}/ folder; expected {root}/{split}/<class>/<images> (or pass --split)")
+    raise UserError(
+        f"--data-dir {root}: no {split}/ folder; expected {root}/{split}/<class>/<images> (or pass --split)"
+    )
 
 
 def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
@@ -84,8 +113,10 @@ def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, i
     present = sorted(e.name for e in folder.iterdir() if e.is_dir() and not is_hidden(e.name))
     unknown = [c for c in present if c not in classes]
     if unknown:
-        raise UserError(f"{folder}: class folder(s) {unknown} are not classes of the model ({classes}); "
-                        "pass the matching --class_id_path or remove them")
+        raise UserError(
+            f"{folder}: class folder(s) {unknown} are not classes of the model ({classes}); "
+            "pass the matching --class_id_path or remove them"
+        )
     samples, skipped = [], []
     for label, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(folder / name):
@@ -113,8 +144,9 @@ def run_dataset_mode(args) -> dict:
     y_true, rows, kept_paths = [], [], []
     unreadable = list(skipped)
     with progress_bar(len(samples), args.progress, desc="evaluate") as bar:
-        for path, probs, error in predictor.predict_paths([p for p, _ in samples], batch_size=args.batch_size,
-                                                          workers=args.workers):
+        for path, probs, error in predictor.predict_paths(
+            [p for p, _ in samples], batch_size=args.batch_size, workers=args.workers
+        ):
             bar.update(1)
             if error:
                 unreadable.append((path, error))
@@ -125,8 +157,12 @@ def run_dataset_mode(args) -> dict:
     scores = np.stack(rows) if rows else np.zeros((0, len(predictor.classes)))
     return {
         "mode": "dataset",
-        "source": {"model": predictor.path, "kind": predictor.kind, "backbone": predictor.backbone,
-                   "data": str(folder)},
+        "source": {
+            "model": predictor.path,
+            "kind": predictor.kind,
+            "backbone": predictor.backbone,
+            "data": str(folder),
+        },
         "classes": predictor.classes,
         "y_true": np.asarray(y_true, np.int64),
         "scores": scores,
@@ -164,11 +200,14 @@ def read_predictions(folder: str) -> dict[str, tuple[str, list, str]]:
         records = data if isinstance(data, list) else [data]
         for rec in records:
             if not isinstance(rec, dict) or "img_path" not in rec or "0_0" not in rec:
-                raise UserError(f"--preds {f}: expected {{\"img_path\": ..., \"0_0\": [[score, label], ...]}}")
+                raise UserError(f'--preds {f}: expected {{"img_path": ..., "0_0": [[score, label], ...]}}')
             ranked = rec["0_0"]
-            if (not isinstance(ranked, list) or not ranked
-                    or not all(isinstance(e, list) and len(e) == 2 and _is_number(e[0]) for e in ranked)):
-                raise UserError(f"--preds {f}: \"0_0\" must be a non-empty list of [score, label] pairs")
+            if (
+                not isinstance(ranked, list)
+                or not ranked
+                or not all(isinstance(e, list) and len(e) == 2 and _is_number(e[0]) for e in ranked)
+            ):
+                raise UserError(f'--preds {f}: "0_0" must be a non-empty list of [score, label] pairs')
             key = normalize_path(rec["img_path"])
             if key in out:
                 raise UserError(f"--preds: {rec['img_path']} is predicted twice ({out[key][2]} and {f})")
@@ -183,7 +222,7 @@ def _is_number(v) -> bool:
 def read_ground_truth(path: str) -> dict[str, tuple[str, object]]:
     data = read_json(Path(path), "--gts")
     if not isinstance(data, dict) or not data:
-        raise UserError(f"--gts {path}: expected a non-empty JSON object {{\"image_path\": label, ...}}")
+        raise UserError(f'--gts {path}: expected a non-empty JSON object {{"image_path": label, ...}}')
     out = {}
     for img, label in data.items():
         if not isinstance(label, (str, int)) or isinstance(label, bool):
@@ -206,8 +245,10 @@ def infer_classes(labels: list) -> list[str]:
     if all(i is not None for i in ids):
         return [str(i) for i in range(max(ids) + 1)]
     if any(isinstance(v, int) for v in labels):
-        raise UserError("the labels mix class ids and class names; pass --class_id_path class_id.json "
-                        "so ids can be matched to names")
+        raise UserError(
+            "the labels mix class ids and class names; pass --class_id_path class_id.json "
+            "so ids can be matched to names"
+        )
     return sorted({str(v) for v in labels})
 
 
@@ -217,8 +258,10 @@ def label_index(label, classes: list[str], index: dict[str, int], where: str) ->
     i = _as_id(label)
     if i is not None and 0 <= i < len(classes):
         return i
-    raise UserError(f"{where}: label {label!r} is neither a class name nor an id 0..{len(classes) - 1} "
-                    f"(classes: {classes[:10]}{' ...' if len(classes) > 10 else ''}); check --class_id_path")
+    raise UserError(
+        f"{where}: label {label!r} is neither a class name nor an id 0..{len(classes) - 1} "
+        f"(classes: {classes[:10]}{' ...' if len(classes) > 10 else ''}); check --class_id_path"
+    )
 
 
 def run_end_to_end_mode(args) -> dict:
@@ -229,16 +272,19 @@ def run_end_to_end_mode(args) -> dict:
     if args.class_id_path:
         classes = read_class_map(args.class_id_path)
     else:
-        classes = infer_classes([lab for _, lab in gts.values()] +
-                                [lab for _, ranked, _ in preds.values() for _, lab in ranked])
+        classes = infer_classes(
+            [lab for _, lab in gts.values()] + [lab for _, ranked, _ in preds.values() for _, lab in ranked]
+        )
     index = {c: i for i, c in enumerate(classes)}
     matched = [k for k in gts if k in preds]
     no_pred = [gts[k][0] for k in gts if k not in preds]
     no_gt = [preds[k][0] for k in preds if k not in gts]
     if not matched:
-        raise UserError(f"no image in --preds {args.preds} matches an image in --gts {args.gts} (paths are compared "
-                        f"absolute from the current folder, e.g. {next(iter(gts.values()))[0]!r} vs "
-                        f"{next(iter(preds.values()))[0]!r}); run eval from the folder inference ran in")
+        raise UserError(
+            f"no image in --preds {args.preds} matches an image in --gts {args.gts} (paths are compared "
+            f"absolute from the current folder, e.g. {next(iter(gts.values()))[0]!r} vs "
+            f"{next(iter(preds.values()))[0]!r}); run eval from the folder inference ran in"
+        )
     scores = np.full((len(matched), len(classes)), -np.inf)
     y_true = np.zeros(len(matched), np.int64)
     for row, key in enumerate(matched):
@@ -271,8 +317,11 @@ def reported_topk(args, result: dict) -> int:
     if listed is None or listed >= k:
         return k
     shown = "top-1 only" if listed == 1 else f"top-1..top-{listed}"
-    print(f"warning: --topk {args.topk}: some prediction files in --preds list only {listed} label(s); reporting "
-          f"{shown} (rerun inference.py with --topk {k} for more)", file=sys.stderr)
+    print(
+        f"warning: --topk {args.topk}: some prediction files in --preds list only {listed} label(s); reporting "
+        f"{shown} (rerun inference.py with --topk {k} for more)",
+        file=sys.stderr,
+    )
     return listed
 
 
@@ -281,8 +330,11 @@ def format_report(result: dict, report: dict) -> str:
     classes = result["classes"]
     when = _dt.datetime.now().isoformat(timespec="seconds")
     src = ", ".join(f"{k}={v}" for k, v in result["source"].items())
-    lines = [f"=== edgecls eval {when} ({result['mode']}) ===", src,
-             f"images evaluated: {report['num_images']}   classes: {report['num_classes']}"]
+    lines = [
+        f"=== edgecls eval {when} ({result['mode']}) ===",
+        src,
+        f"images evaluated: {report['num_images']}   classes: {report['num_classes']}",
+    ]
     for name, items in result["problems"].items():
         if items:
             lines.append(f"{name.replace('_', ' ')}: {len(items)}")
@@ -299,8 +351,10 @@ def format_report(result: dict, report: dict) -> str:
     lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
     pc = report["per_class"]
     for i, name in enumerate(classes):
-        lines.append(f"{name:<{width}}{pc['precision'][i]:>10.4f}{pc['recall'][i]:>10.4f}{pc['f1'][i]:>10.4f}"
-                     f"{pc['support'][i]:>9}")
+        lines.append(
+            f"{name:<{width}}{pc['precision'][i]:>10.4f}{pc['recall'][i]:>10.4f}{pc['f1'][i]:>10.4f}"
+            f"{pc['support'][i]:>9}"
+        )
     lines.append("confusion matrix (rows: true, columns: predicted):")
     cw = max(5, max(len(str(v)) for row in report["confusion_matrix"] for v in row) + 1)
     lines.append(" " * width + "".join(f"{i:>{cw}}" for i in range(len(classes))))
@@ -330,8 +384,15 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -
         top = cm.max() if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > top / 2 else "black",
+                )
     fig.tight_layout()
     atomic_savefig(fig, path)
 
@@ -342,8 +403,13 @@ def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]
     text = format_report(result, report)
     with open(out / "eval_results.txt", "a", encoding="utf-8") as fh:
         fh.write(text)
-    payload = {"mode": result["mode"], "source": result["source"], "classes": result["classes"],
-               **report, "problems": result["problems"]}
+    payload = {
+        "mode": result["mode"],
+        "source": result["source"],
+        "classes": result["classes"],
+        **report,
+        "problems": result["problems"],
+    }
     atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "eval_results.json")
     plot_confusion_matrix(report["confusion_matrix"], result["classes"], out / "confusion_matrix.png")
     return out, text
@@ -370,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_dataset_mode(args)
     else:
         raise UserError("nothing to evaluate: give --snapshot/--onnx with --data-dir, or --preds with --gts")
-    report = classification_report(result["y_true"], result["scores"], len(result["classes"]),
-                                   topk=reported_topk(args, result))
+    report = classification_report(
+        result["y_true"], result["scores"], len(result["classes"]), topk=reported_topk(args, result)
+    )
     if report["num_images"] == 0:
         raise UserError("no image could be evaluated; see the unreadable files listed above")
     out, text = write_outputs(result, report, args.save_dir)

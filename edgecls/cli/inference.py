@@ -18,8 +18,14 @@ import sys
 from pathlib import Path
 
 from edgecls.atomic import atomic_write_text
-from edgecls.cli.common import (DefaultsHelpFormatter, add_config_flag, parse_size, parse_with_config, require_at_least,
-                                run_cli)
+from edgecls.cli.common import (
+    DefaultsHelpFormatter,
+    add_config_flag,
+    parse_size,
+    parse_with_config,
+    require_at_least,
+    run_cli,
+)
 from edgecls.data.images import has_image_extension, is_hidden
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES, Preprocess
 from edgecls.errors import UserError
@@ -31,30 +37,54 @@ MAX_PREDICTION_BYTES = 16 * 2**20  # a larger .json is not one of our records (a
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        allow_abbrev=False, prog="inference.py",
+        allow_abbrev=False,
+        prog="inference.py",
         description="Classify one image, a folder (recursively) or a glob with a checkpoint or an ONNX file.",
         formatter_class=DefaultsHelpFormatter,
     )
     add_config_flag(p)
     g = p.add_argument_group("input and output")
-    g.add_argument("--img-path", required=True, help="an image file, a folder of images, or a quoted glob ('imgs/*.jpg')")
-    g.add_argument("--save-path", default="inference_result.json",
-                   help="JSON file for one image; for many images the folder <save-path minus .json> gets one JSON "
-                        "per image and summary.csv")
+    g.add_argument(
+        "--img-path", required=True, help="an image file, a folder of images, or a quoted glob ('imgs/*.jpg')"
+    )
+    g.add_argument(
+        "--save-path",
+        default="inference_result.json",
+        help="JSON file for one image; for many images the folder <save-path minus .json> gets one JSON "
+        "per image and summary.csv",
+    )
     g.add_argument("--topk", type=int, default=5, help="classes listed per image (capped at the class count)")
-    g.add_argument("--force", action="store_true",
-                   help="replace an existing --save-path file, or the prediction files an earlier run left in the "
-                        "output folder (other files are kept)")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="hide the progress bar (shown only when stderr is a terminal)")
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --save-path file, or the prediction files an earlier run left in the "
+        "output folder (other files are kept)",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="hide the progress bar (shown only when stderr is a terminal)",
+    )
 
     g = p.add_argument_group("model")
-    g.add_argument("--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone")
-    g.add_argument("--onnx", default=None, metavar="ONNX", help="ONNX model to run with onnxruntime instead of --snapshot")
-    g.add_argument("--backbone", default=None, help="backbone for a bare state_dict (default: read from the checkpoint)")
+    g.add_argument(
+        "--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone"
+    )
+    g.add_argument(
+        "--onnx", default=None, metavar="ONNX", help="ONNX model to run with onnxruntime instead of --snapshot"
+    )
+    g.add_argument(
+        "--backbone", default=None, help="backbone for a bare state_dict (default: read from the checkpoint)"
+    )
     g.add_argument("--model-def-path", default="./models/", help="folder of plugin .py files that register backbones")
-    g.add_argument("--class_id_path", "--class-id-path", dest="class_id_path", default=None,
-                   help="class map {\"0\": name, ...} overriding the names in the model file")
+    g.add_argument(
+        "--class_id_path",
+        "--class-id-path",
+        dest="class_id_path",
+        default=None,
+        help='class map {"0": name, ...} overriding the names in the model file',
+    )
 
     g = p.add_argument_group("preprocessing overrides (default: what the model file stores)")
     g.add_argument("--input-size", type=parse_size, default=None, metavar="HxW", help="model input, e.g. 224 or 56x32")
@@ -79,13 +109,18 @@ def collect_images(spec: str) -> tuple[list[str], bool]:
         found = []
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f) and has_image_extension(f)]
+            found += [
+                os.path.join(dirpath, f) for f in sorted(filenames) if not is_hidden(f) and has_image_extension(f)
+            ]
         if not found:
             raise UserError(f"--img-path {spec}: no image files (.jpg .png .bmp .webp .tif) in this folder")
         return found, True
     if glob.has_magic(spec):
-        found = sorted(f for f in glob.glob(spec, recursive=True)
-                       if os.path.isfile(f) and has_image_extension(f) and not is_hidden(os.path.basename(f)))
+        found = sorted(
+            f
+            for f in glob.glob(spec, recursive=True)
+            if os.path.isfile(f) and has_image_extension(f) and not is_hidden(os.path.basename(f))
+        )
         if not found:
             raise UserError(f"--img-path {spec}: the pattern matches no image files")
         return found, True
@@ -113,8 +148,13 @@ def load_predictor(args):
     if bool(args.snapshot) == bool(args.onnx):
         raise UserError("give exactly one model: --snapshot CHECKPOINT.pth or --onnx MODEL.onnx")
     names = read_class_map(args.class_id_path) if args.class_id_path else None
-    kw = dict(device=args.gpu, backbone=args.backbone, model_def_path=args.model_def_path, class_names=names,
-              num_threads=getattr(args, "threads", None))
+    kw = dict(
+        device=args.gpu,
+        backbone=args.backbone,
+        model_def_path=args.model_def_path,
+        class_names=names,
+        num_threads=getattr(args, "threads", None),
+    )
     override = build_preprocess_override(args, None)
     try:
         predictor = Predictor.from_path(args.snapshot or args.onnx, **kw)
@@ -147,8 +187,10 @@ def check_single_output(save_path: Path, img_path: str, force: bool) -> None:
     if os.path.samefile(save_path, img_path):
         raise UserError(f"--save-path {save_path}: this is the input image; choose another --save-path")
     if not force and not is_prediction_file(save_path):
-        raise UserError(f"--save-path {save_path}: already exists and is not a prediction record; pass --force "
-                        "to replace it or choose another --save-path")
+        raise UserError(
+            f"--save-path {save_path}: already exists and is not a prediction record; pass --force "
+            "to replace it or choose another --save-path"
+        )
 
 
 def is_prediction_file(path: Path) -> bool:
@@ -186,18 +228,25 @@ def prepare_output_folder(folder: Path, force: bool) -> None:
     entries = [f for f in sorted(folder.iterdir()) if f.is_file()]
     summary = folder / SUMMARY_NAME
     if summary.exists() and not is_inference_summary(summary):
-        raise UserError(f"--save-path: {summary} is not an inference summary (a training run's?) and would be "
-                        "replaced; choose another --save-path")
+        raise UserError(
+            f"--save-path: {summary} is not an inference summary (a training run's?) and would be "
+            "replaced; choose another --save-path"
+        )
     old = [f for f in entries if f == summary or (f.suffix == ".json" and is_prediction_file(f))]  # summary: ours
     other = [f for f in entries if f.suffix == ".json" and f not in old]
     if old and not force:
-        raise UserError(f"--save-path: {folder} already holds {len(old)} prediction file(s) from an earlier run; "
-                        "pass --force to replace them or choose another --save-path")
+        raise UserError(
+            f"--save-path: {folder} already holds {len(old)} prediction file(s) from an earlier run; "
+            "pass --force to replace them or choose another --save-path"
+        )
     for f in old:
         f.unlink()
     if other:
-        print(f"warning: --save-path: {folder} also holds {len(other)} other JSON file(s) (e.g. {other[0].name}), "
-              "left as they are; move them out before eval_utils/eval.py --preds reads this folder", file=sys.stderr)
+        print(
+            f"warning: --save-path: {folder} also holds {len(other)} other JSON file(s) (e.g. {other[0].name}), "
+            "left as they are; move them out before eval_utils/eval.py --preds reads this folder",
+            file=sys.stderr,
+        )
 
 
 def json_name_for(img_path: str, root: str, used: set[str]) -> str:
@@ -261,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             name = json_name_for(path, root, used)
             atomic_write_text(json.dumps(record) + "\n", folder / name)
             score, label = record["0_0"][0]
-            rows.append({"img_path": path, "top1_label": label, "top1_score": f"{score:.6f}", "json_file": name,
-                         "error": ""})
+            rows.append(
+                {"img_path": path, "top1_label": label, "top1_score": f"{score:.6f}", "json_file": name, "error": ""}
+            )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
     writer.writeheader()
@@ -271,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     for path, error in failed:
         print(f"warning: {path}: {error} (skipped)", file=sys.stderr)
     done = len(paths) - len(failed)
-    print(f"classified {done} of {len(paths)} images ({len(failed)} unreadable) -> {folder}/ "
-          f"(one JSON per image, {SUMMARY_NAME})")
+    print(
+        f"classified {done} of {len(paths)} images ({len(failed)} unreadable) -> {folder}/ "
+        f"(one JSON per image, {SUMMARY_NAME})"
+    )
     if done == 0:
         raise UserError(f"none of the {len(paths)} images could be read; see the warnings above")
     return 0

@@ -6,7 +6,9 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="edgecls models", description="List registered backbones.")
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="edgecls models", description="List registered backbones."
+    )
     parser.add_argument("--model-def-path", default="./models/", help="plugin folder (default: ./models/)")
     args = parser.parse_args(argv)
     from edgecls.models import get_spec, list_models, load_plugins

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from edgecls.atomic import atomic_path
 from edgecls.data.images import load_rgb
 from edgecls.data.presets import Preprocess
-from edgecls.data.train_decoder import TrainDecoder
 from edgecls.errors import UserError
 
 CACHE_VERSION = 1
@@ -225,16 +224,21 @@ def undecodable(failed: list[tuple[str, str]]) -> UserError:
     """The error for (path, reason) files the cache could not decode: one line for one file, up to 10 listed."""
     if len(failed) == 1:
         path, reason = failed[0]
-        return UserError(f"{path}: could not be decoded for the image cache ({reason}; changed since the scan?); "
-                         f"fix or remove it, or train with --cache-images none")
+        return UserError(
+            f"{path}: could not be decoded for the image cache ({reason}; changed since the scan?); "
+            f"fix or remove it, or train with --cache-images none"
+        )
     listing = "\n".join(f"  {p}: {r}" for p, r in failed[:10])
     more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
-    return UserError(f"{len(failed)} images could not be decoded for the image cache (changed since the scan?):\n"
-                     f"{listing}{more}\nfix or remove them, or train with --cache-images none")
+    return UserError(
+        f"{len(failed)} images could not be decoded for the image cache (changed since the scan?):\n"
+        f"{listing}{more}\nfix or remove them, or train with --cache-images none"
+    )
 
 
-def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=print,
-                  build: bool = True) -> DecodedImages:
+def load_or_build(
+    paths: list[str], decoder, mode: str, workers: int = 1, log=print, build: bool = True
+) -> DecodedImages:
     """The cached rows for `paths` (same order), decoding only when no valid cache exists.
 
     mode is "ram" or "disk" (resolve "auto" first). build=False (DDP ranks > 0 after rank 0 built
@@ -255,11 +259,16 @@ def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=pr
             except (OSError, ValueError):
                 pass  # damaged: rebuild below
         if not build:
-            raise UserError(f"image cache {data_file} is missing after rank 0 built it; is $EDGECLS_CACHE_DIR shared by all ranks?")
+            raise UserError(
+                f"image cache {data_file} is missing after rank 0 built it; is $EDGECLS_CACHE_DIR shared by all ranks?"
+            )
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"image cache folder {folder}: {exc.strerror or exc}; set $EDGECLS_CACHE_DIR or use --cache-images ram|none") from None
+            raise UserError(
+                f"image cache folder {folder}: {exc.strerror or exc}; set $EDGECLS_CACHE_DIR or use "
+                f"--cache-images ram|none"
+            ) from None
         log(f"caching {n} decoded images at {h}x{w} in {data_file} ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB, once)")
         with atomic_path(data_file) as tmp:  # the data file appears last: its presence marks a complete cache
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, 3)).flush()
@@ -279,12 +288,15 @@ def load_or_build(paths: list[str], decoder, mode: str, workers: int = 1, log=pr
 
 # ----------------------------------------------------------------------------- GPU-resident cache
 
+
 def upload(images: DecodedImages, device: torch.device, chunk_rows: int = 2048) -> DecodedImages:
     """Copy cached rows into one uint8 tensor in GPU memory, a chunk at a time (a memmap never loads whole)."""
     pixels = images.pixels
     out = torch.empty(tuple(pixels.shape), dtype=torch.uint8, device=device)
     for start in range(0, len(pixels), chunk_rows):
-        out[start:start + chunk_rows].copy_(torch.from_numpy(np.ascontiguousarray(pixels[start:start + chunk_rows])))
+        out[start : start + chunk_rows].copy_(
+            torch.from_numpy(np.ascontiguousarray(pixels[start : start + chunk_rows]))
+        )
     return DecodedImages(out, np.asarray(images.orig_sizes), "gpu", images.path)
 
 
@@ -305,8 +317,11 @@ class BatchAugment:
         self.crop_scale = crop_scale
         self.mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.mode = "bicubic" if preprocess.interpolation == "bicubic" else (
-            "nearest" if preprocess.interpolation == "nearest" else "bilinear")
+        self.mode = (
+            "bicubic"
+            if preprocess.interpolation == "bicubic"
+            else ("nearest" if preprocess.interpolation == "nearest" else "bilinear")
+        )
 
     def boxes(self, orig_sizes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """N x 4 boxes (x0, y0, w, h) as fractions of the image, plus flips via sign of w."""
@@ -317,8 +332,12 @@ class BatchAugment:
         if self.crop_scale < 1.0:
             tries = 10
             area = (width * height)[:, None]
-            frac = self.crop_scale + (1 - self.crop_scale) * torch.rand(n, tries, generator=generator, dtype=torch.float64)
-            log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, tries, generator=generator, dtype=torch.float64)
+            frac = self.crop_scale + (1 - self.crop_scale) * torch.rand(
+                n, tries, generator=generator, dtype=torch.float64
+            )
+            log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(
+                n, tries, generator=generator, dtype=torch.float64
+            )
             ratio = (self.out_w / self.out_h) * torch.exp(log_r)
             w = torch.round(torch.sqrt(area * frac * ratio))
             h = torch.round(torch.sqrt(area * frac / ratio))
@@ -402,9 +421,19 @@ class CachedLoader:
     flips drawn from a generator seeded with `seed`. Evaluation: in order, normalized only.
     """
 
-    def __init__(self, dataset: CachedSet, batch_size: int, device: torch.device, *, preprocess: Preprocess,
-                 augment: BatchAugment | None = None, shuffle: bool = False, seed: int = 0, sampler=None,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        dataset: CachedSet,
+        batch_size: int,
+        device: torch.device,
+        *,
+        preprocess: Preprocess,
+        augment: BatchAugment | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        sampler=None,
+        drop_last: bool = False,
+    ):
         self.dataset = dataset
         self.batch_size = batch_size
         self.device = device

@@ -34,14 +34,11 @@ def check_split_classes(split_dir: str | os.PathLike, classes: list[str]) -> Non
     unknown = [c for c in present if c not in classes]
     if unknown:
         raise UserError(
-            f"{root}: class folder(s) {unknown} are not in train/ "
-            f"(train has {classes}); rename or remove them"
+            f"{root}: class folder(s) {unknown} are not in train/ (train has {classes}); rename or remove them"
         )
     for name in classes:
         folder = root / name
-        if not folder.is_dir() or not any(
-            has_image_extension(f) and not is_hidden(f) for f in os.listdir(folder)
-        ):
+        if not folder.is_dir() or not any(has_image_extension(f) and not is_hidden(f) for f in os.listdir(folder)):
             warnings.warn(f"{root}: class '{name}' has no images in this split", stacklevel=2)
 
 
@@ -58,11 +55,11 @@ def read_class_map(path: str | os.PathLike) -> list[str]:
     except FileNotFoundError:
         raise UserError(f"{p}: class map file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: not valid JSON ({exc}); expected {{\"0\": \"name\", ...}}") from None
+        raise UserError(f'{p}: not valid JSON ({exc}); expected {{"0": "name", ...}}') from None
     if isinstance(data, list):
         return [str(c) for c in data]
     if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a JSON object {{\"0\": \"name\", ...}}")
+        raise UserError(f'{p}: expected a JSON object {{"0": "name", ...}}')
     try:
         ids = sorted(int(k) for k in data)
     except ValueError:

@@ -67,12 +67,19 @@ def build_demo_dataset(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="edgecls demo-data",
-                                     description="Write the bundled demo digits as an image-folder dataset.")
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="edgecls demo-data",
+        description="Write the bundled demo digits as an image-folder dataset.",
+    )
     parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
     parser.add_argument("--source", default="mnist", choices=["mnist", "digits"], help="(default: mnist)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of each class for val/, between 0 and 1 exclusive (default: 0.2)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of each class for val/, between 0 and 1 exclusive (default: 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="keep only N images, N >= 1 (default: all)")
     args = parser.parse_args(argv)

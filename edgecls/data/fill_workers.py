@@ -71,8 +71,8 @@ def jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
             continue
         if marker == 0xDA or marker == 0xD9:  # start of scan / end of image: the header is over
             break
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        body = data[pos + 4:pos + 2 + length]
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        body = data[pos + 4 : pos + 2 + length]
         if marker in _SOF_SEQUENTIAL or marker in _SOF_OTHER:
             if len(body) < 6:
                 return None
@@ -95,9 +95,9 @@ def _exif_orientation(tiff: bytes | bytearray) -> int:
     order = "<" if tiff[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
         for i in range(count):
-            entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+            entry = tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
             tag, kind = struct.unpack(order + "HH", entry[:4])
             if tag == 0x0112 and kind == 3:
                 return struct.unpack(order + "H", entry[8:10])[0]
@@ -108,8 +108,16 @@ def _exif_orientation(tiff: bytes | bytearray) -> int:
 
 def nvjpeg_exact(head: JpegHeader | None) -> bool:
     """nvjpeg gives exactly what load_rgb gives: 8-bit, sequential, 3-component YCbCr, no EXIF rotation."""
-    return (head is not None and not head.progressive and head.components == 3 and head.precision == 8
-            and head.orientation == 1 and head.adobe_transform != 0 and head.width > 0 and head.height > 0)
+    return (
+        head is not None
+        and not head.progressive
+        and head.components == 3
+        and head.precision == 8
+        and head.orientation == 1
+        and head.adobe_transform != 0
+        and head.width > 0
+        and head.height > 0
+    )
 
 
 # ----------------------------------------------------------------------------- the child process
@@ -175,7 +183,7 @@ def decode_frame(body: bytearray) -> list[FileResult]:
     for _ in range(n):
         kind, width, height, length = _ENTRY.unpack_from(body, pos)
         pos += _ENTRY.size
-        payload = view[data_pos:data_pos + length]
+        payload = view[data_pos : data_pos + length]
         data_pos += length
         if kind == ERROR:
             out.append(FileResult(ERROR, bytes(payload).decode("utf-8", "replace"), None))
@@ -195,8 +203,13 @@ def _read_exact(stream, n: int) -> bytearray | None:
     return buf
 
 
-def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: str = "bilinear",
-                processes: int = 2, read_ahead: int = READ_AHEAD) -> Iterator[list[FileResult]]:
+def read_chunks(
+    chunks: list[list[str]],
+    size: tuple[int, int],
+    interpolation: str = "bilinear",
+    processes: int = 2,
+    read_ahead: int = READ_AHEAD,
+) -> Iterator[list[FileResult]]:
     """decode_frame results for each chunk of paths, in order, from `processes` child processes (chunk i
     by child i mod processes). A thread of this process receives the frames, `read_ahead` chunks queued
     ahead (and one in hand), so the caller's work on one chunk (the GPU decode) overlaps the transfer
@@ -209,18 +222,27 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
     command = [sys.executable, "-I", os.path.abspath(__file__)]  # this file as a script: standard library only
     frames: queue.Queue = queue.Queue(maxsize=max(1, read_ahead))
     stop = threading.Event()
-    receiver = threading.Thread(target=_receive, args=(children, len(chunks), frames, stop),
-                                name="edgecls-fill-receiver", daemon=True)
+    receiver = threading.Thread(
+        target=_receive, args=(children, len(chunks), frames, stop), name="edgecls-fill-receiver", daemon=True
+    )
     try:
         for k in range(processes):
             child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
             children.append(child)
             _widen_pipe(child.stdout)
             try:
-                request = memoryview(json.dumps({"size": list(size), "interpolation": interpolation,
-                                                 "sys_path": sys.path, "chunks": chunks[k::processes]}).encode())
+                request = memoryview(
+                    json.dumps(
+                        {
+                            "size": list(size),
+                            "interpolation": interpolation,
+                            "sys_path": sys.path,
+                            "chunks": chunks[k::processes],
+                        }
+                    ).encode()
+                )
                 while request:  # a raw pipe write may take part of it
-                    request = request[child.stdin.write(request):]
+                    request = request[child.stdin.write(request) :]
             except BrokenPipeError:
                 pass  # it died at once: reported below, when its first frame is missing
             finally:
@@ -232,9 +254,11 @@ def read_chunks(chunks: list[list[str]], size: tuple[int, int], interpolation: s
             if isinstance(item, _Missing):
                 from edgecls.errors import UserError  # the training process only
 
-                raise UserError(f"the image cache's reader process ({os.path.abspath(__file__)}) ended early (exit code "
-                                f"{item.child.wait()}; its error, if any, is above); train with --cache-images ram "
-                                f"to go without it")
+                raise UserError(
+                    f"the image cache's reader process ({os.path.abspath(__file__)}) ended early (exit code "
+                    f"{item.child.wait()}; its error, if any, is above); train with --cache-images ram "
+                    f"to go without it"
+                )
             if isinstance(item, BaseException):
                 raise item
             yield item

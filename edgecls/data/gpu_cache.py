@@ -23,13 +23,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecls.data.cache import DecodedImages, TrainDecoder, _decode_chunk, cache_bytes, load_or_build, undecodable, upload
+from edgecls.data.cache import (
+    DecodedImages,
+    TrainDecoder,
+    _decode_chunk,
+    cache_bytes,
+    load_or_build,
+    undecodable,
+    upload,
+)
 from edgecls.data.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
 READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers ...
 MAX_READ_PROCESSES = 8  # ... up to this many when --workers allows: PIL-decoded files (PNG, progressive) need CPU
 GPU_DECODE_PIXELS = 48_000_000  # source pixels per nvjpeg call (bounds the float copy made for resizing)
+
 
 def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpolation: str) -> torch.Tensor:
     """uint8 3xHixWi tensors -> uint8 N x H x W x 3, antialiased like PIL's resize; same-shape images batched."""
@@ -50,8 +59,16 @@ def resize_on_device(images: list[torch.Tensor], size: tuple[int, int], interpol
 class DeviceFill:
     """Fill a uint8 N x H x W x 3 tensor on `device` with the training decoder's rows, in `order`."""
 
-    def __init__(self, paths: list[str], decoder: TrainDecoder, device: torch.device, *,
-                 order: torch.Tensor | None = None, read_processes: int = READ_PROCESSES, log=print):
+    def __init__(
+        self,
+        paths: list[str],
+        decoder: TrainDecoder,
+        device: torch.device,
+        *,
+        order: torch.Tensor | None = None,
+        read_processes: int = READ_PROCESSES,
+        log=print,
+    ):
         self.paths = paths
         self.decoder = decoder
         self.device = device
@@ -97,9 +114,13 @@ class DeviceFill:
         started = time.perf_counter()
         stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         try:
-            chunks = [self.order[i:i + READ_CHUNK] for i in range(0, len(self.order), READ_CHUNK)]
-            reads = read_chunks([[self.paths[i] for i in chunk] for chunk in chunks], self.decoder.size,
-                                self.decoder.interpolation, self.read_processes)
+            chunks = [self.order[i : i + READ_CHUNK] for i in range(0, len(self.order), READ_CHUNK)]
+            reads = read_chunks(
+                [[self.paths[i] for i in chunk] for chunk in chunks],
+                self.decoder.size,
+                self.decoder.interpolation,
+                self.read_processes,
+            )
             with stream_ctx, contextlib.closing(reads):  # closing: an error stops the reader processes now
                 for chunk, results in zip(chunks, reads):
                     self._decode(chunk, results)
@@ -127,8 +148,11 @@ class DeviceFill:
             try:
                 with warnings.catch_warnings():  # torchvision >= 0.29 says its image IO moves to TorchCodec
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    decoded = decode_jpeg([torch.frombuffer(d, dtype=torch.uint8) for _, d, _ in take],
-                                          mode=ImageReadMode.RGB, device=self.device)
+                    decoded = decode_jpeg(
+                        [torch.frombuffer(d, dtype=torch.uint8) for _, d, _ in take],
+                        mode=ImageReadMode.RGB,
+                        device=self.device,
+                    )
             except RuntimeError:  # nvjpeg refused one of them: PIL decodes this group, here
                 refused += [i for i, _, _ in take]
                 continue
@@ -178,9 +202,11 @@ class DeviceFill:
             finished = self.finished
         if finished:
             self._synced = True
-            self.log(f"  train cache filled in {self.seconds:.1f} s: {self.nvjpeg_count} JPEGs decoded on the "
-                     f"{'GPU (nvjpeg)' if self.device.type == 'cuda' else 'CPU (torchvision)'}, "
-                     f"{len(self.paths) - self.nvjpeg_count} files by PIL")
+            self.log(
+                f"  train cache filled in {self.seconds:.1f} s: {self.nvjpeg_count} JPEGs decoded on the "
+                f"{'GPU (nvjpeg)' if self.device.type == 'cuda' else 'CPU (torchvision)'}, "
+                f"{len(self.paths) - self.nvjpeg_count} files by PIL"
+            )
 
     def wait_all(self) -> None:
         self.wait(np.arange(len(self.paths)))
@@ -193,16 +219,25 @@ class DeviceFill:
         self.wait_all()  # raises the fill's error, if any
 
 
-def build_on_device(paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None,
-                    stream: bool = False, log=print) -> DecodedImages:
+def build_on_device(
+    paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None, stream: bool = False, log=print
+) -> DecodedImages:
     """The "gpu" cache for one process. TrainDecoder rows via DeviceFill (streamed into the first epoch when
     `stream`); EvalDecoder rows (the exact eval pixels) via PIL in worker processes, then uploaded."""
     n = len(paths)
     h, w = decoder.size
-    log(f"caching {n} decoded images at {h}x{w} in GPU memory ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB"
-        f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})")
+    log(
+        f"caching {n} decoded images at {h}x{w} in GPU memory ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB"
+        f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})"
+    )
     if not isinstance(decoder, TrainDecoder):
         return upload(load_or_build(paths, decoder, "ram", workers=workers, log=lambda message: None), device)
-    fill = DeviceFill(paths, decoder, device, order=order, log=log,
-                      read_processes=max(READ_PROCESSES, min(workers, MAX_READ_PROCESSES)))
+    fill = DeviceFill(
+        paths,
+        decoder,
+        device,
+        order=order,
+        log=log,
+        read_processes=max(READ_PROCESSES, min(workers, MAX_READ_PROCESSES)),
+    )
     return fill.start() if stream else fill.run()

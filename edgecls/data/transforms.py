@@ -49,4 +49,3 @@ class TrainTransform:
         if self.hflip > 0 and random.random() < self.hflip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return torch.from_numpy(self.preprocess.normalize_uint8(np.asarray(img, np.uint8)))
-

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgecls.atomic import atomic_write_text
 from edgecls.data.images import check_image
+from edgecls.errors import UserError
 
 CACHE_VERSION = 1
 

@@ -38,8 +38,10 @@ def setup(gpu: int | None) -> DistContext:
     if use_cuda and not torch.cuda.is_available():
         raise UserError(f"--gpu {gpu}: CUDA is not available on this machine; drop --gpu to train on the CPU (gloo)")
     if use_cuda and local_rank >= torch.cuda.device_count():
-        raise UserError(f"torchrun started local rank {local_rank} but this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s); use --nproc-per-node <= the GPU count")
+        raise UserError(
+            f"torchrun started local rank {local_rank} but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s); use --nproc-per-node <= the GPU count"
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -78,7 +80,9 @@ def make_sampler(dataset, ctx: DistContext, shuffle: bool, seed: int):
         return None
     if not shuffle:
         return ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=False)
+    return DistributedSampler(
+        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
 
 
 def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:

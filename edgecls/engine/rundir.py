@@ -13,8 +13,16 @@ import yaml
 from edgecls.atomic import atomic_savefig, atomic_write_text
 
 SUMMARY_FIELDS = [
-    "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_topk",
-    "lr", "images_per_s", "seconds", "peak_mem_mb",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_topk",
+    "lr",
+    "images_per_s",
+    "seconds",
+    "peak_mem_mb",
 ]
 
 

@@ -10,7 +10,6 @@ interrupted (seeded, CPU).
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
@@ -36,8 +35,14 @@ from edgecls.engine.checkpoint import (
     save_checkpoint,
 )
 from edgecls.engine.early_stopping import EarlyStopping
-from edgecls.engine.rundir import (plot_curves, read_summary, write_args_yaml, write_bad_files, write_summary,
-                                   write_timings)
+from edgecls.engine.rundir import (
+    plot_curves,
+    read_summary,
+    write_args_yaml,
+    write_bad_files,
+    write_summary,
+    write_timings,
+)
 from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, load_plugins
 
@@ -80,7 +85,9 @@ class TrainConfig:
     crop_scale: float = 0.6
     topk: int = 5
     channels_last: bool = True
-    cudnn_benchmark: bool = False  # H100: epoch 1 3 s (resnet18) to 19 s (mobilenetv2) longer with it, later ones within 1.3%
+    cudnn_benchmark: bool = (
+        False  # H100: epoch 1 3 s (resnet18) to 19 s (mobilenetv2) longer with it, later ones within 1.3%
+    )
     compile: bool = False
     exist_ok: bool = False
     override_epochs: int | None = None  # with --resume: a new epoch budget
@@ -123,7 +130,13 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].copy()),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -145,7 +158,9 @@ def resolve_device(gpu: int) -> torch.device:
     if not torch.cuda.is_available():
         raise UserError(f"--gpu {gpu}: CUDA is not available on this machine; use --gpu -1 for the CPU")
     if gpu >= torch.cuda.device_count():
-        raise UserError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s); use 0..{torch.cuda.device_count() - 1}")
+        raise UserError(
+            f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s); use 0..{torch.cuda.device_count() - 1}"
+        )
     return torch.device("cuda", gpu)
 
 
@@ -173,7 +188,9 @@ def freeze_backbone(model: nn.Module) -> None:
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     name = cfg.optimizer.upper()
     if name == "SGD":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+        )
     if name == "ASGD":
         return torch.optim.ASGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "ADAM":
@@ -224,7 +241,9 @@ def make_loss(cfg: TrainConfig, counts: list[int]) -> nn.Module:
         raise UserError(f"--loss {cfg.loss}: only cross_entropy is supported")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError(f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)")
-    return nn.CrossEntropyLoss(weight=class_weight_tensor(cfg.class_weights, counts), label_smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(
+        weight=class_weight_tensor(cfg.class_weights, counts), label_smoothing=cfg.label_smoothing
+    )
 
 
 def progress(iterable, total: int, desc: str, enabled: bool):
@@ -258,13 +277,32 @@ def first_epoch_timings(stats: EpochStats, cached) -> dict:
     if fill is not None:
         waited, first_wait = fill.wait_seconds, fill.first_wait_seconds
         fill.join()  # rows dropped from the epoch (drop_last) may still be in flight
-        out.update({"fill_s": round(fill.seconds, 3), "fill_wait_s": round(waited, 3),
-                    "fill_first_wait_s": round(first_wait, 3), "fill_nvjpeg_images": fill.nvjpeg_count})
+        out.update(
+            {
+                "fill_s": round(fill.seconds, 3),
+                "fill_wait_s": round(waited, 3),
+                "fill_first_wait_s": round(first_wait, 3),
+                "fill_nvjpeg_images": fill.nvjpeg_count,
+            }
+        )
     return out
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, amp=False, scaler=None,
-                    channels_last=False, desc="train", show_progress=False, time_first_step=False) -> EpochStats:
+def train_one_epoch(
+    model,
+    loader,
+    criterion,
+    optimizer,
+    scheduler,
+    device,
+    *,
+    amp=False,
+    scaler=None,
+    channels_last=False,
+    desc="train",
+    show_progress=False,
+    time_first_step=False,
+) -> EpochStats:
     """One pass over `loader`. time_first_step: wait for the first step's GPU work (one host sync) to record
     how long it took; asked for in the first epoch a run trains, which timings.json reports."""
     model.train()
@@ -301,8 +339,11 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, device, *, a
             first_step = time.perf_counter() - start
         if show_progress and step % 10 == 0:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
-                            img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(
+                loss=f"{total_loss.item() / seen:.4f}",
+                acc=f"{correct.item() / seen:.3f}",
+                img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+            )
     return EpochStats(total_loss.item(), float(correct.item()), seen, time.perf_counter() - start, first_step)
 
 
@@ -339,10 +380,15 @@ def resolve_run_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
         target = Path(cfg.resume)
         ckpt_path = target / "last.pth" if target.is_dir() else target
         if not ckpt_path.is_file():
-            raise UserError(f"--resume {cfg.resume}: no checkpoint found (expected a run folder with last.pth, or a .pth file)")
+            raise UserError(
+                f"--resume {cfg.resume}: no checkpoint found (expected a run folder with last.pth, or a .pth file)"
+            )
         ckpt = load_checkpoint(ckpt_path)
         if "train" not in ckpt:
-            raise UserError(f"--resume {ckpt_path}: holds no training state (a best-only or exported checkpoint); resume from last.pth")
+            raise UserError(
+                f"--resume {ckpt_path}: holds no training state (a best-only or exported checkpoint); resume "
+                f"from last.pth"
+            )
         return ckpt_path.parent, ckpt
     if cfg.snapshot_path:
         run_dir = Path(cfg.snapshot_path)
@@ -372,9 +418,11 @@ def check_resume_flags(cfg: TrainConfig, saved: dict, run_dir: Path) -> None:
         if dest == "snapshot_path" and Path(value).resolve() == run_dir.resolve():
             continue  # the run's own folder, named
         flag = "--" + dest.replace("_", "-")
-        raise UserError(f"--resume: {flag} {value} differs from the run's {recorded} (command line or --config); a "
-                        f"resumed run keeps its settings, only --epochs, --workers, --gpu and --cudnn-benchmark may "
-                        f"change; to train with new settings, start a new run with --snapshot {run_dir / 'best.pth'}")
+        raise UserError(
+            f"--resume: {flag} {value} differs from the run's {recorded} (command line or --config); a "
+            f"resumed run keeps its settings, only --epochs, --workers, --gpu and --cudnn-benchmark may "
+            f"change; to train with new settings, start a new run with --snapshot {run_dir / 'best.pth'}"
+        )
 
 
 def check_resume_is_unfinished(cfg: TrainConfig, saved: dict, state: dict, run_dir: Path) -> None:
@@ -382,14 +430,18 @@ def check_resume_is_unfinished(cfg: TrainConfig, saved: dict, state: dict, run_d
     done = state["epoch"] + 1
     if done >= saved["epochs"]:
         told = f"--epochs {cfg.override_epochs}: " if cfg.override_epochs else ""
-        raise UserError(f"--resume {cfg.resume}: {told}the run has already trained {done} epoch{'s' if done != 1 else ''} (of "
-                        f"{saved['epochs']}); pass --epochs N with N > {done} to train it further")
+        raise UserError(
+            f"--resume {cfg.resume}: {told}the run has already trained {done} epoch{'s' if done != 1 else ''} (of "
+            f"{saved['epochs']}); pass --epochs N with N > {done} to train it further"
+        )
     stopper = EarlyStopping()
     stopper.load_state_dict(state["early_stopping"])
     if saved.get("early_stop") and stopper.should_stop:
-        raise UserError(f"--resume {cfg.resume}: the run stopped early at epoch {done} (no val improvement for "
-                        f"{stopper.patience} epochs; best epoch {stopper.best_epoch}), so it is finished; to "
-                        f"train on, start a new run with --snapshot {run_dir / 'best.pth'}")
+        raise UserError(
+            f"--resume {cfg.resume}: the run stopped early at epoch {done} (no val improvement for "
+            f"{stopper.patience} epochs; best epoch {stopper.best_epoch}), so it is finished; to "
+            f"train on, start a new run with --snapshot {run_dir / 'best.pth'}"
+        )
 
 
 def build_preprocess(cfg: TrainConfig) -> Preprocess:
@@ -425,19 +477,31 @@ def epoch_seed(cfg: TrainConfig, epoch: int) -> int:
     return cfg.seed * 100_003 + epoch
 
 
-def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, val_samples, ctx, device: torch.device,
-                       first_epoch: int = 0):
+def build_image_caches(
+    cfg: TrainConfig,
+    preprocess: Preprocess,
+    train_samples,
+    val_samples,
+    ctx,
+    device: torch.device,
+    first_epoch: int = 0,
+):
     """(train, val) CachedSets of decoded uint8 images, or None for the PIL-per-epoch path.
 
     Under DDP a disk cache is built by rank 0 and memory-mapped by every rank. In gpu mode on one
     process the training rows are decoded while the first epoch trains, in the order it visits them.
     """
     train_size = image_cache.train_cache_size(preprocess, cfg.crop_scale)
-    total = image_cache.cache_bytes(len(train_samples), train_size) + image_cache.cache_bytes(len(val_samples), preprocess.input_size)
+    total = image_cache.cache_bytes(len(train_samples), train_size) + image_cache.cache_bytes(
+        len(val_samples), preprocess.input_size
+    )
     mode = image_cache.resolve_mode(cfg.cache_images, total, distributed=ctx.enabled, device=device)
     if mode == "none":
         if cfg.cache_images == "auto":
-            log(f"--cache-images auto: {total / 2**30:.1f} GiB of decoded images fit neither RAM nor disk budgets; decoding every epoch")
+            log(
+                f"--cache-images auto: {total / 2**30:.1f} GiB of decoded images fit neither RAM nor disk "
+                f"budgets; decoding every epoch"
+            )
         return None
     if cfg.crop_scale >= 1.0:
         train_decoder = image_cache.EvalDecoder(preprocess)  # no crop: training sees the eval resize, flipped
@@ -461,8 +525,9 @@ def build_image_caches(cfg: TrainConfig, preprocess: Preprocess, train_samples, 
         elif mode == "gpu":
             streamed = decoder is train_decoder and isinstance(decoder, image_cache.TrainDecoder)
             order = image_cache.shuffled_order(len(paths), epoch_seed(cfg, first_epoch) * 2) if streamed else None
-            images = gpu_cache.build_on_device(paths, decoder, device, workers=workers, order=order,
-                                               stream=streamed, log=log)
+            images = gpu_cache.build_on_device(
+                paths, decoder, device, workers=workers, order=order, stream=streamed, log=log
+            )
         else:
             images = image_cache.load_or_build(paths, decoder, mode, workers=workers, log=log)
         sets.append(image_cache.CachedSet(images, labels))
@@ -479,10 +544,19 @@ def fit(cfg: TrainConfig) -> dict:
         # The resumed run keeps its own recorded settings; only the epoch budget may grow.
         saved = dict(resume_ckpt["train"]["config"])
         check_resume_flags(cfg, saved, run_dir)
-        saved.update({"data": cfg.data, "resume": cfg.resume, "workers": cfg.workers, "gpu": cfg.gpu,
-                      "cudnn_benchmark": cfg.cudnn_benchmark,  # speed only: the resuming command's
-                      "model_def_path": cfg.model_def_path,  # where the plugins are now
-                      "override_epochs": None, "resume_flags": {}, "epochs": cfg.override_epochs or saved["epochs"]})
+        saved.update(
+            {
+                "data": cfg.data,
+                "resume": cfg.resume,
+                "workers": cfg.workers,
+                "gpu": cfg.gpu,
+                "cudnn_benchmark": cfg.cudnn_benchmark,  # speed only: the resuming command's
+                "model_def_path": cfg.model_def_path,  # where the plugins are now
+                "override_epochs": None,
+                "resume_flags": {},
+                "epochs": cfg.override_epochs or saved["epochs"],
+            }
+        )
         check_resume_is_unfinished(cfg, saved, resume_ckpt["train"], run_dir)
         if saved.get("input_size") is not None:
             saved["input_size"] = tuple(saved["input_size"])
@@ -500,11 +574,17 @@ def fit(cfg: TrainConfig) -> dict:
     scan_seconds = time.perf_counter() - started
     train_split, val_split = splits["train"], splits.get("val")
     if val_split is None or not val_split.samples:
-        raise UserError(f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)")
+        raise UserError(
+            f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)"
+        )
     if resume_ckpt is not None and resume_ckpt["classes"] != classes:
-        raise UserError(f"--resume: the dataset's classes {classes} differ from the checkpoint's {resume_ckpt['classes']}")
+        raise UserError(
+            f"--resume: the dataset's classes {classes} differ from the checkpoint's {resume_ckpt['classes']}"
+        )
     if len(classes) < 2:
-        raise UserError(f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/")
+        raise UserError(
+            f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/"
+        )
     counts = train_split.counts(len(classes))
     empty = [name for name, n in zip(classes, counts) if n == 0]
     if empty and dist_utils.is_main():
@@ -522,8 +602,10 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.freeze_backbone:
         freeze_backbone(model)
     if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise UserError(f"--batch-size 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
-                        "training batch; use --batch-size 2 or more")
+        raise UserError(
+            f"--batch-size 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
+            "training batch; use --batch-size 2 or more"
+        )
     make_loss(cfg, counts)  # bad --class-weights / --label-smoothing fail here
     image_cache.check_mode(cfg.cache_images, device)
     # The run folder is written only once every flag has been checked: a failed start leaves nothing.
@@ -542,17 +624,24 @@ def fit(cfg: TrainConfig) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
-    train_ds = FolderDataset(train_split.samples, TrainTransform(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale))
+    train_ds = FolderDataset(
+        train_split.samples, TrainTransform(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale)
+    )
     val_ds = FolderDataset(val_split.samples, preprocess)
     cache_started = time.perf_counter()
     first_epoch = resume_ckpt["train"]["epoch"] + 1 if resume_ckpt is not None else 0
     cached = build_image_caches(cfg, preprocess, train_split.samples, val_split.samples, ctx, device, first_epoch)
     if cached is not None:
         train_ds, val_ds = cached
-    timings = {"scan_s": round(scan_seconds, 3), "cache_s": round(time.perf_counter() - cache_started, 3),
-               "cache": cached[0].images.mode if cached is not None else "none",
-               "train_cache_streamed": bool(cached is not None and cached[0].images.fill is not None),
-               "train_images": len(train_ds), "val_images": len(val_ds), "world_size": ctx.world_size}
+    timings = {
+        "scan_s": round(scan_seconds, 3),
+        "cache_s": round(time.perf_counter() - cache_started, 3),
+        "cache": cached[0].images.mode if cached is not None else "none",
+        "train_cache_streamed": bool(cached is not None and cached[0].images.fill is not None),
+        "train_images": len(train_ds),
+        "val_images": len(val_ds),
+        "world_size": ctx.world_size,
+    }
     if dist_utils.is_main():
         write_timings(timings, run_dir / "timings.json")
     augment = image_cache.BatchAugment(preprocess, hflip=cfg.hflip, crop_scale=cfg.crop_scale)
@@ -590,8 +679,10 @@ def fit(cfg: TrainConfig) -> dict:
 
     show_progress = sys.stderr.isatty() and dist_utils.is_main()
     topk = min(cfg.topk, len(classes))
-    log(f"training {cfg.backbone} on {len(train_ds)} images ({len(classes)} classes), validating on {len(val_ds)}; "
-        f"input {preprocess.input_size[0]}x{preprocess.input_size[1]}, device {device}, run folder {run_dir}")
+    log(
+        f"training {cfg.backbone} on {len(train_ds)} images ({len(classes)} classes), validating on {len(val_ds)}; "
+        f"input {preprocess.input_size[0]}x{preprocess.input_size[1]}, device {device}, run folder {run_dir}"
+    )
     epochs_run = 0
     for epoch in range(start_epoch, cfg.epochs):
         seed = epoch_seed(cfg, epoch)
@@ -599,30 +690,62 @@ def fit(cfg: TrainConfig) -> dict:
         train_sampler = dist_utils.make_sampler(train_ds, ctx, shuffle=True, seed=seed)
         val_sampler = dist_utils.make_sampler(val_ds, ctx, shuffle=False, seed=0)
         if cached is not None:
-            train_loader = image_cache.CachedLoader(train_ds, cfg.batch_size, device, preprocess=preprocess, augment=augment,
-                                                    shuffle=True, seed=seed * 2 + ctx.rank, sampler=train_sampler,
-                                                    drop_last=drop_last)
-            val_loader = image_cache.CachedLoader(val_ds, cfg.batch_size, device, preprocess=preprocess, sampler=val_sampler)
+            train_loader = image_cache.CachedLoader(
+                train_ds,
+                cfg.batch_size,
+                device,
+                preprocess=preprocess,
+                augment=augment,
+                shuffle=True,
+                seed=seed * 2 + ctx.rank,
+                sampler=train_sampler,
+                drop_last=drop_last,
+            )
+            val_loader = image_cache.CachedLoader(
+                val_ds, cfg.batch_size, device, preprocess=preprocess, sampler=val_sampler
+            )
         else:
-            train_loader = make_loader(train_ds, cfg.batch_size, True, cfg, device, seed=seed, sampler=train_sampler,
-                                       drop_last=drop_last)
+            train_loader = make_loader(
+                train_ds, cfg.batch_size, True, cfg, device, seed=seed, sampler=train_sampler, drop_last=drop_last
+            )
             val_loader = make_loader(val_ds, cfg.batch_size, False, cfg, device, sampler=val_sampler)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(train_model, train_loader, criterion, optimizer, scheduler, device, amp=cfg.amp,
-                                scaler=scaler, channels_last=channels_last,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=show_progress,
-                                time_first_step=epoch == start_epoch)
+        stats = train_one_epoch(
+            train_model,
+            train_loader,
+            criterion,
+            optimizer,
+            scheduler,
+            device,
+            amp=cfg.amp,
+            scaler=scaler,
+            channels_last=channels_last,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            show_progress=show_progress,
+            time_first_step=epoch == start_epoch,
+        )
         if epoch == start_epoch and dist_utils.is_main():
             timings.update(first_epoch_timings(stats, cached))
             write_timings(timings, run_dir / "timings.json")
         # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
         eval_model = model if ctx.enabled else train_model
-        loss_sum, top1_c, topk_c, count = evaluate(eval_model, val_loader, criterion, device, topk=topk,
-                                                   amp=cfg.amp, channels_last=channels_last)
+        loss_sum, top1_c, topk_c, count = evaluate(
+            eval_model, val_loader, criterion, device, topk=topk, amp=cfg.amp, channels_last=channels_last
+        )
         totals = dist_utils.all_reduce_sum(
-            [stats.loss, stats.acc, float(stats.images), loss_sum.item(), float(top1_c.item()), float(topk_c.item()), float(count)], ctx)
+            [
+                stats.loss,
+                stats.acc,
+                float(stats.images),
+                loss_sum.item(),
+                float(top1_c.item()),
+                float(topk_c.item()),
+                float(count),
+            ],
+            ctx,
+        )
         tr_loss, tr_correct, tr_seen, v_loss, v_top1, v_topk, v_count = totals
         row = {
             "epoch": epoch + 1,
@@ -639,13 +762,27 @@ def fit(cfg: TrainConfig) -> dict:
         rows.append(row)
         is_best = stopper.step(row["val_top1"], epoch + 1)
         epochs_run += 1
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
             f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f} top-{topk} {row['val_topk']:.4f}  "
-            f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best*" if is_best else ""))
+            f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s" + ("  *best*" if is_best else "")
+        )
         if dist_utils.is_main():
-            metrics = {"val_top1": row["val_top1"], f"val_top{topk}": row["val_topk"], "val_loss": row["val_loss"], "epoch": epoch + 1}
-            ckpt = make_checkpoint(model, backbone=cfg.backbone, model_kwargs=model_kwargs, classes=classes,
-                                   preprocess=preprocess, metrics=metrics, model_name=cfg.model_name)
+            metrics = {
+                "val_top1": row["val_top1"],
+                f"val_top{topk}": row["val_topk"],
+                "val_loss": row["val_loss"],
+                "epoch": epoch + 1,
+            }
+            ckpt = make_checkpoint(
+                model,
+                backbone=cfg.backbone,
+                model_kwargs=model_kwargs,
+                classes=classes,
+                preprocess=preprocess,
+                metrics=metrics,
+                model_name=cfg.model_name,
+            )
             if is_best:
                 save_checkpoint(ckpt, run_dir / "best.pth")
             ckpt["train"] = {
@@ -661,14 +798,24 @@ def fit(cfg: TrainConfig) -> dict:
             write_summary(rows, run_dir / "summary.csv")
             plot_curves(rows, run_dir / "curves.png")
         if cfg.early_stop and stopper.should_stop:
-            log(f"early stopping: val top-1 has not improved for {cfg.patience} epochs (best {stopper.best:.4f} at epoch {stopper.best_epoch})")
+            log(
+                f"early stopping: val top-1 has not improved for {cfg.patience} epochs (best {stopper.best:.4f} "
+                f"at epoch {stopper.best_epoch})"
+            )
             break
     stopped_early = bool(cfg.early_stop and stopper.should_stop)
     if dist_utils.is_main():
         print_final_table(rows, stopper, topk, run_dir)
     dist_utils.cleanup(ctx)
-    return {"run_dir": str(run_dir), "best_top1": stopper.best, "best_epoch": stopper.best_epoch,
-            "epochs_run": epochs_run, "stopped_early": stopped_early, "classes": classes, "spec": spec.name}
+    return {
+        "run_dir": str(run_dir),
+        "best_top1": stopper.best,
+        "best_epoch": stopper.best_epoch,
+        "epochs_run": epochs_run,
+        "stopped_early": stopped_early,
+        "classes": classes,
+        "spec": spec.name,
+    }
 
 
 def print_final_table(rows: list[dict], stopper: EarlyStopping, topk: int, run_dir: Path) -> None:

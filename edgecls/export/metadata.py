@@ -21,8 +21,9 @@ from edgecls.errors import UserError
 FORMAT = "edgecls-onnx/1"
 
 
-def write_metadata(model: onnx.ModelProto, *, classes: list[str], preprocess: Preprocess, backbone: str,
-                   softmax: bool = False) -> onnx.ModelProto:
+def write_metadata(
+    model: onnx.ModelProto, *, classes: list[str], preprocess: Preprocess, backbone: str, softmax: bool = False
+) -> onnx.ModelProto:
     values = {
         "edgecls.format": FORMAT,
         "edgecls.classes": json.dumps(list(classes)),

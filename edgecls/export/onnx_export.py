@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 from collections import Counter
 
 import onnx
@@ -32,11 +31,20 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int], *, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, softmax: bool = False, fuse_bn: bool = True) -> onnx.ModelProto:
+def export_onnx(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    softmax: bool = False,
+    fuse_bn: bool = True,
+) -> onnx.ModelProto:
     """Trace `model` (eval mode) at 1x3xHxW. fuse_bn=False keeps BatchNormalization nodes."""
     if opset not in SUPPORTED_OPSETS:
-        raise UserError(f"--opset {opset}: choose one of {', '.join(map(str, SUPPORTED_OPSETS))} (NPU toolchains read 11-13)")
+        raise UserError(
+            f"--opset {opset}: choose one of {', '.join(map(str, SUPPORTED_OPSETS))} (NPU toolchains read 11-13)"
+        )
     model = model.eval()
     net = _WithSoftmax(model) if softmax else model
     dummy = torch.zeros(1, 3, *input_size)
@@ -47,13 +55,22 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int], *, opset: int = D
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                net, (dummy,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], do_constant_folding=True, training=training,
+                net,
+                (dummy,),
+                buf,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+                training=training,
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
             )
         except RuntimeError as exc:
-            raise UserError(f"torch.onnx.export failed at {input_size[0]}x{input_size[1]}, opset {opset}: "
-                            f"{str(exc).splitlines()[0][:300]}; try another --input-size or --opset") from None
+            raise UserError(
+                f"torch.onnx.export failed at {input_size[0]}x{input_size[1]}, opset {opset}: "
+                f"{str(exc).splitlines()[0][:300]}; try another --input-size or --opset"
+            ) from None
     proto = onnx.load_model_from_string(buf.getvalue())
     name_nodes(proto)
     return proto

@@ -199,8 +199,11 @@ def reshape_to_flatten(model: onnx.ModelProto) -> int:
         if len(target) != 2 or not dims or len(dims) < 2 or any(d is None for d in dims[1:]):
             continue
         features = math.prod(dims[1:])
-        batch_ok = target[0] == 0 or (dims[0] is not None and target[0] in (dims[0], -1) and target[1] in (features, -1)) \
+        batch_ok = (
+            target[0] == 0
+            or (dims[0] is not None and target[0] in (dims[0], -1) and target[1] in (features, -1))
             or (target[0] == -1 and target[1] == features)
+        )
         if not batch_ok or target[1] not in (features, -1):
             continue
         flat = helper.make_node("Flatten", [node.input[0]], list(node.output), name=f"{node.name}_flatten", axis=1)
@@ -231,16 +234,22 @@ def global_pooling(model: onnx.ModelProto) -> int:
             if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
                 continue
             if attrs.get("keepdims", 1):
-                replacement = [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=f"{node.name}_gap")]
+                replacement = [
+                    helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=f"{node.name}_gap")
+                ]
             else:
                 mid = f"{node.output[0]}_gap"
-                replacement = [helper.make_node("GlobalAveragePool", [node.input[0]], [mid], name=f"{node.name}_gap"),
-                               helper.make_node("Flatten", [mid], [node.output[0]], name=f"{node.name}_flatten", axis=1)]
+                replacement = [
+                    helper.make_node("GlobalAveragePool", [node.input[0]], [mid], name=f"{node.name}_gap"),
+                    helper.make_node("Flatten", [mid], [node.output[0]], name=f"{node.name}_flatten", axis=1),
+                ]
         elif node.op_type == "AveragePool":
             kernel = list(attrs.get("kernel_shape", []))
             if None in dims[2:] or kernel != dims[2:] or any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0):
                 continue
-            replacement = [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=f"{node.name}_gap")]
+            replacement = [
+                helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=f"{node.name}_gap")
+            ]
         else:
             continue
         index = list(model.graph.node).index(node)
@@ -276,7 +285,9 @@ def drop_int32_zero_points(model: onnx.ModelProto) -> int:
     return dropped
 
 
-def optimize(model: onnx.ModelProto, *, simplify_graph: bool = True, fuse_bn: bool = True) -> tuple[onnx.ModelProto, PassReport]:
+def optimize(
+    model: onnx.ModelProto, *, simplify_graph: bool = True, fuse_bn: bool = True
+) -> tuple[onnx.ModelProto, PassReport]:
     """Run simplify and every graph pass; the report counts what each pass changed."""
     report = PassReport()
     if simplify_graph:

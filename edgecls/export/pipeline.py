@@ -81,15 +81,21 @@ def load_model(opts: ExportOptions) -> LoadedModel:
     if is_edgecls_checkpoint(raw):
         backbone = raw["model"]["name"]
         if opts.backbone and opts.backbone != backbone:
-            raise UserError(f"--backbone {opts.backbone}: the checkpoint holds a {backbone}; omit --backbone or pass {backbone}")
+            raise UserError(
+                f"--backbone {opts.backbone}: the checkpoint holds a {backbone}; omit --backbone or pass {backbone}"
+            )
         classes = [str(c) for c in raw["classes"]]
         if opts.num_classes and opts.num_classes != len(classes):
-            raise UserError(f"--num_classes {opts.num_classes}: the checkpoint has {len(classes)} classes; omit --num_classes")
+            raise UserError(
+                f"--num_classes {opts.num_classes}: the checkpoint has {len(classes)} classes; omit --num_classes"
+            )
         kwargs = dict(raw["model"].get("kwargs", {}))
         preprocess = Preprocess.from_dict(raw["preprocess"])
     else:
         if not opts.backbone or not opts.num_classes:
-            raise UserError(f"{opts.snapshot}: a bare state_dict carries no backbone or classes; pass --backbone and --num_classes")
+            raise UserError(
+                f"{opts.snapshot}: a bare state_dict carries no backbone or classes; pass --backbone and --num_classes"
+            )
         backbone, classes, kwargs = opts.backbone, [str(i) for i in range(opts.num_classes)], {}
         spec = get_spec(backbone)
         preprocess = Preprocess(input_size=spec.input_size, preset=spec.preprocess)
@@ -98,8 +104,10 @@ def load_model(opts: ExportOptions) -> LoadedModel:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"{opts.snapshot}: weights do not fit {backbone} with {len(classes)} classes "
-                        f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from None
+        raise UserError(
+            f"{opts.snapshot}: weights do not fit {backbone} with {len(classes)} classes "
+            f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})"
+        ) from None
     if opts.input_size:
         preprocess.input_size = tuple(opts.input_size)
     return LoadedModel(model.eval(), backbone, classes, preprocess, raw if isinstance(raw, dict) else {})
@@ -108,8 +116,11 @@ def load_model(opts: ExportOptions) -> LoadedModel:
 def _counts_line(before, after) -> list[str]:
     ops = sorted(set(before) | set(after), key=lambda op: (-before.get(op, 0), op))
     rows = [f"    {op:<22} {before.get(op, 0):>5} -> {after.get(op, 0):>5}" for op in ops]
-    return [f"    {'op':<22} {'export':>5}    {'final':>5}", *rows,
-            f"    {'total':<22} {sum(before.values()):>5} -> {sum(after.values()):>5}"]
+    return [
+        f"    {'op':<22} {'export':>5}    {'final':>5}",
+        *rows,
+        f"    {'total':<22} {sum(before.values()):>5} -> {sum(after.values()):>5}",
+    ]
 
 
 def _pct(value: float | None) -> str:
@@ -134,8 +145,10 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if opts.quantize not in (None, "int8"):
         raise UserError(f"--quantize {opts.quantize}: only int8 is supported")
     if opts.quantize and _same_file(save_path, int8_path):
-        raise UserError(f"--int8-save-path {int8_path}: the same file as --save-path; choose another path for the "
-                        "INT8 model (default: SAVE_PATH with .int8.onnx)")
+        raise UserError(
+            f"--int8-save-path {int8_path}: the same file as --save-path; choose another path for the "
+            "INT8 model (default: SAVE_PATH with .int8.onnx)"
+        )
     if opts.int8_save_path and not opts.quantize:
         raise UserError("--int8-save-path: only used with --quantize int8; add --quantize int8 or drop it")
     for flag, path in [("--save-path", save_path)] + ([("--int8-save-path", int8_path)] if opts.quantize else []):
@@ -179,8 +192,10 @@ def run_export(opts: ExportOptions) -> ExportResult:
     report = surgery.npu_surgery(loaded.model)
     res.log(f"1. NPU surgery: {report.summary()}")
     if report.changes_function:
-        res.log("   WARNING: this changes the function the checkpoint was trained as; fine-tune the NPU form "
-                "(train with the NPU-form backbone) for the best accuracy")
+        res.log(
+            "   WARNING: this changes the function the checkpoint was trained as; fine-tune the NPU form "
+            "(train with the NPU-form backbone) for the best accuracy"
+        )
         before = verify.accuracy(verify.torch_probs(original, inputs), samples)
         after = verify.accuracy(verify.torch_probs(loaded.model, inputs), samples)
         res.log(f"   top-1 before surgery {_pct(before)}, after {_pct(after)} on {source}")
@@ -188,26 +203,40 @@ def run_export(opts: ExportOptions) -> ExportResult:
     del original
 
     # 2. Export.
-    proto = export_onnx(loaded.model, (h, w), opset=opts.opset, dynamic_batch=opts.dynamic_batch,
-                        softmax=opts.softmax, fuse_bn=opts.bn_fusion)
+    proto = export_onnx(
+        loaded.model,
+        (h, w),
+        opset=opts.opset,
+        dynamic_batch=opts.dynamic_batch,
+        softmax=opts.softmax,
+        fuse_bn=opts.bn_fusion,
+    )
     exported_counts = op_counts(proto)
-    res.log(f"2. exported {'dynamic' if opts.dynamic_batch else 'fixed 1'}x3x{h}x{w}, "
-            f"{sum(exported_counts.values())} nodes, every node named")
+    res.log(
+        f"2. exported {'dynamic' if opts.dynamic_batch else 'fixed 1'}x3x{h}x{w}, "
+        f"{sum(exported_counts.values())} nodes, every node named"
+    )
 
     # 3. Simplify + graph passes.
     proto, pass_report = passes.optimize(proto, simplify_graph=opts.simplify, fuse_bn=opts.bn_fusion)
     final_counts = op_counts(proto)
     changes = ", ".join(f"{k} {v}" for k, v in pass_report.changes.items())
-    res.log(f"3. simplify: {pass_report.simplifier if opts.simplify else 'off (--no-simplify)'}"
-            f"{' (' + pass_report.simplifier_note + ')' if pass_report.simplifier_note else ''}; passes: {changes}"
-            f"{'; BN fusion off (--no-bn-fusion)' if not opts.bn_fusion else ''}")
+    res.log(
+        f"3. simplify: {pass_report.simplifier if opts.simplify else 'off (--no-simplify)'}"
+        f"{' (' + pass_report.simplifier_note + ')' if pass_report.simplifier_note else ''}; passes: {changes}"
+        f"{'; BN fusion off (--no-bn-fusion)' if not opts.bn_fusion else ''}"
+    )
     res.lines += _counts_line(exported_counts, final_counts)
     res.figures["nodes"] = [sum(exported_counts.values()), sum(final_counts.values())]
 
     # 4. Metadata.
-    write_metadata(proto, classes=loaded.classes, preprocess=loaded.preprocess, backbone=loaded.backbone, softmax=opts.softmax)
-    res.log(f"4. metadata: {len(loaded.classes)} classes, preprocess {loaded.preprocess.preset} "
-            f"{h}x{w} {loaded.preprocess.resize} (inference needs only the .onnx file)")
+    write_metadata(
+        proto, classes=loaded.classes, preprocess=loaded.preprocess, backbone=loaded.backbone, softmax=opts.softmax
+    )
+    res.log(
+        f"4. metadata: {len(loaded.classes)} classes, preprocess {loaded.preprocess.preset} "
+        f"{h}x{w} {loaded.preprocess.resize} (inference needs only the .onnx file)"
+    )
 
     # 5. Verify.
     verify.full_check(proto)
@@ -215,12 +244,19 @@ def run_export(opts: ExportOptions) -> ExportResult:
     fp32 = verify.onnx_probs(verify.session(proto), inputs, graph_softmax=opts.softmax)
     cmp = verify.compare(reference, fp32, samples)
     res.verified = cmp.passed()
-    res.figures["fp32"] = {"images": cmp.count, "max_diff": cmp.max_diff, "agreement": cmp.agreement,
-                           "torch_top1": cmp.reference_top1, "onnx_top1": cmp.onnx_top1}
-    res.log(f"5. verify: onnx.checker full check ok; ONNX Runtime vs PyTorch on {cmp.count} {source}: "
-            f"max |diff| {cmp.max_diff:.2e} (limit {verify.FP32_MAX_DIFF:.0e}), top-1 agreement "
-            f"{cmp.agree}/{cmp.count}, top-1 torch {_pct(cmp.reference_top1)} onnx {_pct(cmp.onnx_top1)}"
-            f" -> {'PASS' if res.verified else 'FAIL'}")
+    res.figures["fp32"] = {
+        "images": cmp.count,
+        "max_diff": cmp.max_diff,
+        "agreement": cmp.agreement,
+        "torch_top1": cmp.reference_top1,
+        "onnx_top1": cmp.onnx_top1,
+    }
+    res.log(
+        f"5. verify: onnx.checker full check ok; ONNX Runtime vs PyTorch on {cmp.count} {source}: "
+        f"max |diff| {cmp.max_diff:.2e} (limit {verify.FP32_MAX_DIFF:.0e}), top-1 agreement "
+        f"{cmp.agree}/{cmp.count}, top-1 torch {_pct(cmp.reference_top1)} onnx {_pct(cmp.onnx_top1)}"
+        f" -> {'PASS' if res.verified else 'FAIL'}"
+    )
     if not res.verified:
         res.log(f"   worst image: {cmp.worst}; the ONNX file was NOT written")
         res.lines += [f"   note: {n}" for n in notes]
@@ -243,16 +279,27 @@ def run_export(opts: ExportOptions) -> ExportResult:
         qcmp = verify.compare(fp32, q_probs, samples, allow_ties=False)
         int8_size = save_onnx_atomic(int8, int8_path)
         res.int8_path = int8_path
-        res.figures["int8"] = {"bytes": int8_size, "size_ratio": int8_size / size, "fp32_top1": cmp.onnx_top1,
-                               "int8_top1": qcmp.onnx_top1, "agreement_with_fp32": qcmp.agreement,
-                               "max_diff": qcmp.max_diff, "calib_images": len(calib)}
-        drop = "" if cmp.onnx_top1 is None or qcmp.onnx_top1 is None else \
-            f" (drop {100 * (cmp.onnx_top1 - qcmp.onnx_top1):+.2f} points)".replace("+-", "-")
-        res.log(f"7. INT8 (QDQ, per-channel weights, percentile calibration + bias correction, {len(calib)} calibration "
-                f"images from {opts.calib_dir}): "
-                f"top-1 FP32 {_pct(cmp.onnx_top1)} vs INT8 {_pct(qcmp.onnx_top1)}{drop}; "
-                f"agreement with FP32 {qcmp.agree}/{qcmp.count}; size {size:,} -> {int8_size:,} bytes "
-                f"({int8_size / size:.2f}x)")
+        res.figures["int8"] = {
+            "bytes": int8_size,
+            "size_ratio": int8_size / size,
+            "fp32_top1": cmp.onnx_top1,
+            "int8_top1": qcmp.onnx_top1,
+            "agreement_with_fp32": qcmp.agreement,
+            "max_diff": qcmp.max_diff,
+            "calib_images": len(calib),
+        }
+        drop = (
+            ""
+            if cmp.onnx_top1 is None or qcmp.onnx_top1 is None
+            else f" (drop {100 * (cmp.onnx_top1 - qcmp.onnx_top1):+.2f} points)".replace("+-", "-")
+        )
+        res.log(
+            f"7. INT8 (QDQ, per-channel weights, percentile calibration + bias correction, {len(calib)} calibration "
+            f"images from {opts.calib_dir}): "
+            f"top-1 FP32 {_pct(cmp.onnx_top1)} vs INT8 {_pct(qcmp.onnx_top1)}{drop}; "
+            f"agreement with FP32 {qcmp.agree}/{qcmp.count}; size {size:,} -> {int8_size:,} bytes "
+            f"({int8_size / size:.2f}x)"
+        )
         res.log(f"   wrote {int8_path}")
         if calib_bad:
             notes.append(f"{len(calib_bad)} unreadable calibration image(s) skipped")
@@ -264,8 +311,12 @@ def run_export(opts: ExportOptions) -> ExportResult:
 def probe(path: str | os.PathLike) -> dict:
     """Input shape, op counts and size of a written .onnx file (for benchmarks and tests)."""
     model = onnx.load_model(str(path))
-    return {"nodes": len(model.graph.node), "ops": dict(op_counts(model)), "bytes": Path(path).stat().st_size,
-            "input": [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]}
+    return {
+        "nodes": len(model.graph.node),
+        "ops": dict(op_counts(model)),
+        "bytes": Path(path).stat().st_size,
+        "input": [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim],
+    }
 
 
 __all__ = ["ExportOptions", "ExportResult", "run_export", "load_model", "probe"]

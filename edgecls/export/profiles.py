@@ -84,15 +84,24 @@ def load_profile(name_or_path: str) -> Profile:
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise UserError(f"--profile {name_or_path}: unknown; choose one of {', '.join(list_profiles())} or a profile .yaml file")
+        raise UserError(
+            f"--profile {name_or_path}: unknown; choose one of {', '.join(list_profiles())} or a profile .yaml file"
+        )
     try:
         data = yaml.safe_load(path.read_text())
-        return Profile(name=str(data["name"]), chip=str(data.get("chip", data["name"])), source=str(data.get("source", "")),
-                       ops=set(data["ops"]), opsets=[int(v) for v in data.get("opsets", [11, 12, 13])],
-                       fixed_batch=bool(data.get("fixed_batch", True)),
-                       max_model_bytes=int(data["max_model_bytes"]) if data.get("max_model_bytes") else None)
+        return Profile(
+            name=str(data["name"]),
+            chip=str(data.get("chip", data["name"])),
+            source=str(data.get("source", "")),
+            ops=set(data["ops"]),
+            opsets=[int(v) for v in data.get("opsets", [11, 12, 13])],
+            fixed_batch=bool(data.get("fixed_batch", True)),
+            max_model_bytes=int(data["max_model_bytes"]) if data.get("max_model_bytes") else None,
+        )
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"--profile {path}: malformed profile ({exc!r}); needs name, ops, opsets, fixed_batch") from None
+        raise UserError(
+            f"--profile {path}: malformed profile ({exc!r}); needs name, ops, opsets, fixed_batch"
+        ) from None
 
 
 def npu_model_bytes(model: onnx.ModelProto) -> int:
@@ -117,24 +126,39 @@ def check_profile(model: onnx.ModelProto, profile: Profile) -> ProfileResult:
             by_op.setdefault(node.op_type, []).append(node.name or "(unnamed)")
         for op, names in sorted(by_op.items()):
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            result.rows.append(CheckRow("operator", False, f"{op} not supported: node(s) {shown}", FIXES.get(op, DEFAULT_FIX)))
+            result.rows.append(
+                CheckRow("operator", False, f"{op} not supported: node(s) {shown}", FIXES.get(op, DEFAULT_FIX))
+            )
     else:
         result.rows.append(CheckRow("operators", True, f"all {len(model.graph.node)} nodes use supported ops"))
     opset = _opset(model)
-    result.rows.append(CheckRow("opset", opset in profile.opsets, f"opset {opset} (chip reads {profile.opsets})",
-                                f"re-export with --opset {max(profile.opsets)}"))
+    result.rows.append(
+        CheckRow(
+            "opset",
+            opset in profile.opsets,
+            f"opset {opset} (chip reads {profile.opsets})",
+            f"re-export with --opset {max(profile.opsets)}",
+        )
+    )
     dims = model.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
     shape = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
     if profile.fixed_batch:
-        result.rows.append(CheckRow("input", batch == 1, f"input {shape} (needs fixed batch 1)", "export without --dynamic-batch"))
+        result.rows.append(
+            CheckRow("input", batch == 1, f"input {shape} (needs fixed batch 1)", "export without --dynamic-batch")
+        )
     else:
         result.rows.append(CheckRow("input", True, f"input {shape}"))
     size = npu_model_bytes(model)
     if profile.max_model_bytes:
-        result.rows.append(CheckRow("model size", size <= profile.max_model_bytes,
-                                    f"~{size:,} bytes at 8-bit weights (limit {profile.max_model_bytes:,})",
-                                    "use a smaller backbone (mobilenetv2, resnet18, efficientnet-b0) or a larger chip"))
+        result.rows.append(
+            CheckRow(
+                "model size",
+                size <= profile.max_model_bytes,
+                f"~{size:,} bytes at 8-bit weights (limit {profile.max_model_bytes:,})",
+                "use a smaller backbone (mobilenetv2, resnet18, efficientnet-b0) or a larger chip",
+            )
+        )
     else:
         result.rows.append(CheckRow("model size", True, f"~{size:,} bytes at 8-bit weights (no limit)"))
     return result

@@ -35,8 +35,11 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-           "percentile": CalibrationMethod.Percentile}
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.999
 CHUNK = 16  # calibration images whose activations are held at once
@@ -57,7 +60,7 @@ class _ImageReader(CalibrationDataReader):
 
     def get_next(self):
         i = next(self._items, None)
-        return None if i is None else {self._name: self._inputs[i:i + 1]}
+        return None if i is None else {self._name: self._inputs[i : i + 1]}
 
 
 def _chunk(count: int) -> int:
@@ -65,8 +68,13 @@ def _chunk(count: int) -> int:
     return max(d for d in range(1, min(CHUNK, count) + 1) if count % d == 0)
 
 
-def quantize_int8(model: onnx.ModelProto, calib_inputs: np.ndarray, method: str = DEFAULT_METHOD,
-                  percentile: float = DEFAULT_PERCENTILE, bias_correction: bool = True) -> onnx.ModelProto:
+def quantize_int8(
+    model: onnx.ModelProto,
+    calib_inputs: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    bias_correction: bool = True,
+) -> onnx.ModelProto:
     """FP32 model + N preprocessed calibration images (N x 3 x H x W) -> INT8 QDQ model.
 
     Weights: int8, symmetric, per output channel. Activations: uint8 with the calibrated range.
@@ -89,9 +97,15 @@ def quantize_int8(model: onnx.ModelProto, calib_inputs: np.ndarray, method: str 
         input_name = model.graph.input[0].name
         with _quiet_onnxruntime():
             quantize_static(
-                str(src), str(dst), _ImageReader(input_name, calib_inputs.astype(np.float32)),
-                quant_format=QuantFormat.QDQ, per_channel=opset >= 13, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=METHODS[method], extra_options=extra,
+                str(src),
+                str(dst),
+                _ImageReader(input_name, calib_inputs.astype(np.float32)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=opset >= 13,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=METHODS[method],
+                extra_options=extra,
             )
         quantized = onnx.load_model(dst)
     if bias_correction:
@@ -137,8 +151,10 @@ def correct_biases(fp32: onnx.ModelProto, quantized: onnx.ModelProto, calib_inpu
             continue
         if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue  # explicit pads only (what torch exports)
-        if fp_node.input[1] not in fp_init or (node.op_type == "Gemm" and (
-                _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0)):
+        if fp_node.input[1] not in fp_init or (
+            node.op_type == "Gemm"
+            and (_attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0)
+        ):
             continue
         w_dq, b_dq = q_producer.get(node.input[1]), q_producer.get(node.input[2])
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in q_init:
@@ -166,13 +182,13 @@ def correct_biases(fp32: onnx.ModelProto, quantized: onnx.ModelProto, calib_inpu
     shifts = [torch.zeros(e.shape[0], dtype=torch.float64) for _, e, _ in layers]
     with torch.no_grad():
         for i in range(len(calib_inputs)):
-            image = calib_inputs[i:i + 1]
+            image = calib_inputs[i : i + 1]
             acts = dict(zip(wanted, session.run(wanted, {input_name: image}))) if wanted else {}
             acts[input_name] = image
             for k, (node, error, _) in enumerate(layers):
                 x = torch.from_numpy(np.ascontiguousarray(acts[node.input[0]]))
                 shifts[k] += _layer_output(node, x, error).double().reshape(x.shape[0], error.shape[0], -1).mean((0, 2))
-    for (node, _, (kind, bias)), shift in zip(layers, shifts):
+    for (_node, _, (kind, bias)), shift in zip(layers, shifts):
         shift = (shift / len(calib_inputs)).numpy()
         if kind == "int":
             values = numpy_helper.to_array(q_init[bias.input[0]])
@@ -214,8 +230,15 @@ def _layer_output(node: onnx.NodeProto, x, weight):
     torch_pads = [p for begin, end in zip(pads[:half][::-1], pads[half:][::-1]) for p in (begin, end)]
     x = F.pad(x, torch_pads)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.dim()]
-    return conv(x, weight, None, list(_attr(node, "strides", [1] * half)), 0,
-                list(_attr(node, "dilations", [1] * half)), int(_attr(node, "group", 1)))
+    return conv(
+        x,
+        weight,
+        None,
+        list(_attr(node, "strides", [1] * half)),
+        0,
+        list(_attr(node, "dilations", [1] * half)),
+        int(_attr(node, "group", 1)),
+    )
 
 
 def _short_names(model: onnx.ModelProto) -> onnx.ModelProto:

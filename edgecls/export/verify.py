@@ -70,8 +70,9 @@ def _evenly(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def load_samples(folder: str | os.PathLike, classes: list[str], count: int,
-                 flag: str | None = None) -> tuple[list[Sample], list[str]]:
+def load_samples(
+    folder: str | os.PathLike, classes: list[str], count: int, flag: str | None = None
+) -> tuple[list[Sample], list[str]]:
     """Up to `count` decodable images (spread over the folder); labels from class-named parent folders.
 
     `flag` (e.g. "--calib-dir") names the option the folder came from in error messages.
@@ -133,7 +134,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def torch_probs(model: nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
     model.eval()
-    outs = [model(torch.from_numpy(inputs[i:i + batch])).float() for i in range(0, len(inputs), batch)]
+    outs = [model(torch.from_numpy(inputs[i : i + batch])).float() for i in range(0, len(inputs), batch)]
     return torch.softmax(torch.cat(outs), dim=1).numpy().astype(np.float64)
 
 
@@ -151,7 +152,7 @@ def onnx_probs(sess: ort.InferenceSession, inputs: np.ndarray, graph_softmax: bo
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0] == 1
     step = 1 if fixed else 32
-    outs = [sess.run(None, {name: inputs[i:i + step]})[0] for i in range(0, len(inputs), step)]
+    outs = [sess.run(None, {name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
     out = np.concatenate(outs).astype(np.float64)
     return out if graph_softmax else softmax(out)
 
@@ -174,6 +175,11 @@ def compare(reference: np.ndarray, candidate: np.ndarray, samples: list[Sample],
         agree |= reference.max(axis=1) - reference[rows, cand_top] <= 2 * diff
     # The worst image: a top-1 disagreement first, else the largest difference.
     worst_index = int(np.argmax(diff + (~agree) * 10.0))
-    return Comparison(count=len(samples), max_diff=float(diff.max()) if len(diff) else 0.0, agree=int(agree.sum()),
-                      worst=samples[worst_index].name if samples else "", reference_top1=accuracy(reference, samples),
-                      onnx_top1=accuracy(candidate, samples))
+    return Comparison(
+        count=len(samples),
+        max_diff=float(diff.max()) if len(diff) else 0.0,
+        agree=int(agree.sum()),
+        worst=samples[worst_index].name if samples else "",
+        reference_top1=accuracy(reference, samples),
+        onnx_top1=accuracy(candidate, samples),
+    )

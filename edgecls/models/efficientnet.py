@@ -55,8 +55,9 @@ for _i in range(8):
 # stem BatchNorm's running variance with "lite" (median ratio 0.85) but is 4.2x too large with
 # "imagenet", and the right class gets more probability (docs/models.md).
 @register_model("efficientnet-lite0", input_size=(224, 224), preprocess="lite", has_pretrained=True)
-def efficientnet_lite0(num_classes: int, pretrained: bool = False, dropout: float | None = None,
-                       bn_momentum: float = 0.1) -> nn.Module:
+def efficientnet_lite0(
+    num_classes: int, pretrained: bool = False, dropout: float | None = None, bn_momentum: float = 0.1
+) -> nn.Module:
     """EfficientNet-lite0 (no SE, ReLU6); real ImageNet weights with --pretrained."""
     from efficientnet_lite_pytorch import EfficientNet
 

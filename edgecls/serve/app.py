@@ -76,15 +76,30 @@ class ErrorResponse(BaseModel):
 def _upload_body(field_doc: str, many: bool) -> dict:
     file_schema = {"type": "string", "format": "binary"}
     schema = {"type": "array", "items": file_schema} if many else file_schema
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["img"], "properties": {"img": {**schema, "description": field_doc}}}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["img"],
+                        "properties": {"img": {**schema, "description": field_doc}},
+                    }
+                }
+            },
+        }
+    }
 
 
-ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
-    (400, "bad input: missing/wrong field, empty, not an image, truncated, bad topk"),
-    (413, "file over the byte limit, too many pixels, or too many files"),
-    (415, "body is not multipart/form-data"),
-)}
+ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "bad input: missing/wrong field, empty, not an image, truncated, bad topk"),
+        (413, "file over the byte limit, too many pixels, or too many files"),
+        (415, "body is not multipart/form-data"),
+    )
+}
 
 
 def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
@@ -103,10 +118,16 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
             await batcher.stop()
             decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="edgecls serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json",
-                  description="Image classification API for one edgecls model. Upload images as multipart "
-                              "field `img`. Every error is JSON `{\"success\": false, \"error\": ...}` with a 4xx code.")
+    app = FastAPI(
+        title="edgecls serve",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        description="Image classification API for one edgecls model. Upload images as multipart "
+        'field `img`. Every error is JSON `{"success": false, "error": ...}` with a 4xx code.',
+    )
     app.state.predictor = predictor
     app.state.settings = settings
     app.state.batcher = batcher
@@ -142,8 +163,9 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         try:
             k = int(raw)
         except ValueError:
-            raise ApiError(400, f"topk={raw!r} is not an integer; use 1..{num_classes} (the model has "
-                                f"{num_classes} classes)") from None
+            raise ApiError(
+                400, f"topk={raw!r} is not an integer; use 1..{num_classes} (the model has {num_classes} classes)"
+            ) from None
         if k < 1:
             raise ApiError(400, f"topk={k} must be at least 1; use 1..{num_classes}")
         return min(k, num_classes)
@@ -163,16 +185,25 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         return [{"label": name, "probability": score} for score, name in predictor.topk(row, k)]
 
     # ---- endpoints ----
-    @app.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["classify"],
-              openapi_extra=_upload_body("the image file (JPEG, PNG, BMP, WebP, TIFF)", many=False),
-              summary="Top-K classes of one image")
+    @app.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        responses=ERRORS,
+        tags=["classify"],
+        openapi_extra=_upload_body("the image file (JPEG, PNG, BMP, WebP, TIFF)", many=False),
+        summary="Top-K classes of one image",
+    )
     async def classify(request: Request, topk: str | None = None):
         """Multipart field `img`: one image. `?topk=` how many classes (default 5, capped at the class count)."""
         k = parse_topk(topk)
         several = "use POST /classify/batch for several"
-        form = await read_form(request, max_body=settings.max_upload_bytes + MULTIPART_SLACK, max_files=2,
-                               what="per image", too_many=ApiError(400, f"/classify takes one image in field 'img' "
-                                                                        f"but got more; {several}"))
+        form = await read_form(
+            request,
+            max_body=settings.max_upload_bytes + MULTIPART_SLACK,
+            max_files=2,
+            what="per image",
+            too_many=ApiError(400, f"/classify takes one image in field 'img' but got more; {several}"),
+        )
         try:
             files = image_files(form)
             if len(files) > 1:
@@ -183,18 +214,27 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         (row,) = await batcher.predict([array])
         return JSONResponse({"predictions": predictions(row, k), "success": True})
 
-    @app.post("/classify/batch", response_model=BatchResponse, responses=ERRORS, tags=["classify"],
-              openapi_extra=_upload_body("one or more image files, the field repeated", many=True),
-              summary="Top-K classes of several images")
+    @app.post(
+        "/classify/batch",
+        response_model=BatchResponse,
+        responses=ERRORS,
+        tags=["classify"],
+        openapi_extra=_upload_body("one or more image files, the field repeated", many=True),
+        summary="Top-K classes of several images",
+    )
     async def classify_batch(request: Request, topk: str | None = None):
         """Repeat multipart field `img` (at most --max-batch files). A bad file fails only its own entry
         (`success: false`, `error`, `status`); the others are still classified."""
         k = parse_topk(topk)
         limit = settings.max_batch_files
         split = "split them over several requests (or start the server with a larger --max-batch)"
-        form = await read_form(request, max_body=limit * settings.max_upload_bytes + MULTIPART_SLACK,
-                               max_files=limit + 1, what=f"({limit} images of at most {settings.max_upload_bytes / 2**20:.3g} MiB)",
-                               too_many=ApiError(413, f"more files than the server's limit of {limit} per batch; {split}"))
+        form = await read_form(
+            request,
+            max_body=limit * settings.max_upload_bytes + MULTIPART_SLACK,
+            max_files=limit + 1,
+            what=f"({limit} images of at most {settings.max_upload_bytes / 2**20:.3g} MiB)",
+            too_many=ApiError(413, f"more files than the server's limit of {limit} per batch; {split}"),
+        )
         try:
             files = image_files(form)
             if len(files) > limit:
@@ -211,23 +251,39 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
         results = []
         for i, (upload, p) in enumerate(zip(files, prepared)):
             if i in by_index:
-                results.append({"filename": upload.filename, "success": True, "status": 200,
-                                "predictions": predictions(by_index[i], k)})
+                results.append(
+                    {
+                        "filename": upload.filename,
+                        "success": True,
+                        "status": 200,
+                        "predictions": predictions(by_index[i], k),
+                    }
+                )
             else:
                 results.append({"filename": upload.filename, "success": False, "status": p.status, "error": p.message})
         return JSONResponse({"success": True, "failed": len(files) - len(good), "results": results})
 
     @app.get("/health", tags=["service"], summary="Liveness and load")
     async def health():
-        return {"success": True, "status": "ok", "backbone": predictor.backbone, "queued": batcher.pending,
-                "batches": batcher.batches, "images": batcher.images}
+        return {
+            "success": True,
+            "status": "ok",
+            "backbone": predictor.backbone,
+            "queued": batcher.pending,
+            "batches": batcher.batches,
+            "images": batcher.images,
+        }
 
     @app.get("/model", tags=["service"], summary="Backbone, classes, input size, preprocessing, limits")
     async def model():
         info = dict(predictor.info())
         info["path"] = os.path.basename(str(info.get("path", "")))  # the file's name, not where it lives
-        info["limits"] = {"max_upload_bytes": settings.max_upload_bytes, "max_batch_files": settings.max_batch_files,
-                          "max_pixels": settings.max_pixels, "default_topk": min(settings.default_topk, num_classes)}
+        info["limits"] = {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_batch_files": settings.max_batch_files,
+            "max_pixels": settings.max_pixels,
+            "default_topk": min(settings.default_topk, num_classes),
+        }
         return {"success": True, **info}
 
     @app.get("/", include_in_schema=False)

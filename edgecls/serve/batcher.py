@@ -9,8 +9,8 @@ whatever queued up during the previous one (at most `max_batch`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 

@@ -46,18 +46,24 @@ async def _drain(request: Request, budget: int) -> bool:
 
 
 def _too_large(limit: int, what: str) -> str:
-    return (f"request body is larger than the server's limit of {mib(limit)} {what}; send a smaller image "
-            "(or start the server with a larger --max-upload-mb)")
+    return (
+        f"request body is larger than the server's limit of {mib(limit)} {what}; send a smaller image "
+        "(or start the server with a larger --max-upload-mb)"
+    )
 
 
-async def read_form(request: Request, *, max_body: int, max_files: int, what: str,
-                    too_many: ApiError | None = None) -> FormData:
+async def read_form(
+    request: Request, *, max_body: int, max_files: int, what: str, too_many: ApiError | None = None
+) -> FormData:
     """Parse a multipart/form-data body of at most `max_body` bytes; ApiError (413/415/400) otherwise.
     More than `max_files` files raises `too_many` (the endpoint's own message) when given."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise ApiError(415, f"send the image as multipart/form-data with the file in field 'img' "
-                            f"(got Content-Type {content_type or 'none'!r}); e.g. curl -F img=@photo.jpg URL")
+        raise ApiError(
+            415,
+            f"send the image as multipart/form-data with the file in field 'img' "
+            f"(got Content-Type {content_type or 'none'!r}); e.g. curl -F img=@photo.jpg URL",
+        )
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -66,8 +72,7 @@ async def read_form(request: Request, *, max_body: int, max_files: int, what: st
             raise ApiError(400, f"bad Content-Length header {declared!r}") from None
         if declared_bytes > max_body:
             expects_continue = request.headers.get("expect", "").lower() == "100-continue"
-            drained = (not expects_continue and declared_bytes <= DRAIN_BYTES
-                       and await _drain(request, DRAIN_BYTES))
+            drained = not expects_continue and declared_bytes <= DRAIN_BYTES and await _drain(request, DRAIN_BYTES)
             raise ApiError(413, _too_large(max_body, what), headers=None if drained else {"Connection": "close"})
 
     state = {"received": 0, "more": True}
@@ -104,8 +109,11 @@ def image_files(form: FormData, field: str = "img") -> list[UploadFile]:
         raise ApiError(400, f"missing multipart file field '{field}' ({got}); e.g. curl -F {field}=@photo.jpg URL")
     for value in values:
         if not isinstance(value, UploadFile):
-            raise ApiError(400, f"field '{field}' must be a file upload, not a text value; "
-                                f"e.g. curl -F {field}=@photo.jpg URL (note the @)")
+            raise ApiError(
+                400,
+                f"field '{field}' must be a file upload, not a text value; "
+                f"e.g. curl -F {field}=@photo.jpg URL (note the @)",
+            )
     return values
 
 
@@ -125,14 +133,19 @@ def decode_image(data: bytes, *, name: str, max_pixels: int) -> Image.Image:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
     except Image.DecompressionBombError:
-        raise ApiError(413, f"{name} has too many pixels (a decompression bomb?); the limit is {max_pixels:,}") from None
+        raise ApiError(
+            413, f"{name} has too many pixels (a decompression bomb?); the limit is {max_pixels:,}"
+        ) from None
     except Image.UnidentifiedImageError:
         raise ApiError(400, f"{name} is not an image (unrecognized format); {IMAGE_HINT}") from None
     except Exception as exc:  # any decoder failure on untrusted bytes is the client's problem, not a crash
         raise ApiError(400, f"{name} could not be read as an image ({_short(exc)}); {IMAGE_HINT}") from None
     if width * height > max_pixels:
-        raise ApiError(413, f"{name} is {width}x{height} = {width * height:,} pixels, over the server's limit of "
-                            f"{max_pixels:,}; downscale it (or start the server with a larger --max-pixels)")
+        raise ApiError(
+            413,
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the server's limit of "
+            f"{max_pixels:,}; downscale it (or start the server with a larger --max-pixels)",
+        )
     try:
         return load_rgb_bytes(data)
     except Exception as exc:  # truncated / corrupt data: PIL raises OSError, ValueError, SyntaxError, ...
@@ -146,5 +159,8 @@ def _short(exc: BaseException) -> str:
 
 def check_size(data: bytes, *, name: str, max_bytes: int) -> None:
     if len(data) > max_bytes:
-        raise ApiError(413, f"{name} is {mib(len(data))}, over the server's limit of {mib(max_bytes)} per image; "
-                            "send a smaller image (or start the server with a larger --max-upload-mb)")
+        raise ApiError(
+            413,
+            f"{name} is {mib(len(data))}, over the server's limit of {mib(max_bytes)} per image; "
+            "send a smaller image (or start the server with a larger --max-upload-mb)",
+        )

@@ -41,8 +41,10 @@ def detect_layout(root: str | os.PathLike) -> Layout:
         return Layout(root, "splits", {s: root / s for s in SPLITS if (root / s).is_dir()})
     stray = [s for s in ("val", "test") if (root / s).is_dir()]
     if stray:
-        raise UserError(f"{root}: has {'/ and '.join(stray)}/ but no train/; add train/<class>/ "
-                        f"or rename those folders if they are classes")
+        raise UserError(
+            f"{root}: has {'/ and '.join(stray)}/ but no train/; add train/<class>/ "
+            f"or rename those folders if they are classes"
+        )
     if not visible_subdirs(root):
         raise UserError(f"{root}: no class folders; expected DIR/train/<class>/ or DIR/<class>/ with images")
     return Layout(root, "classes", {"all": root})

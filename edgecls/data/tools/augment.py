@@ -46,8 +46,16 @@ def distort(img: Image.Image, rng: np.random.Generator, grid: int = 4, magnitude
         for i in range(grid):
             box = (int(round(xs[i])), int(round(ys[j])), int(round(xs[i + 1])), int(round(ys[j + 1])))
             # source quad corners: upper-left, lower-left, lower-right, upper-right
-            quad = (px[j, i], py[j, i], px[j + 1, i], py[j + 1, i],
-                    px[j + 1, i + 1], py[j + 1, i + 1], px[j, i + 1], py[j, i + 1])
+            quad = (
+                px[j, i],
+                py[j, i],
+                px[j + 1, i],
+                py[j + 1, i],
+                px[j + 1, i + 1],
+                py[j + 1, i + 1],
+                px[j, i + 1],
+                py[j, i + 1],
+            )
             mesh.append((box, tuple(float(v) for v in quad)))
     return img.transform(img.size, Image.MESH, mesh, resample=Image.BILINEAR)
 
@@ -99,14 +107,20 @@ def random_erase(img: Image.Image, rng: np.random.Generator, max_area: float = 0
         ew, eh = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
         if 0 < ew <= w and 0 < eh <= h:
             x, y = int(rng.integers(0, w - ew + 1)), int(rng.integers(0, h - eh + 1))
-            arr[y:y + eh, x:x + ew] = rng.integers(0, 256, arr[y:y + eh, x:x + ew].shape, dtype=np.uint8)
+            arr[y : y + eh, x : x + ew] = rng.integers(0, 256, arr[y : y + eh, x : x + ew].shape, dtype=np.uint8)
             break
     return Image.fromarray(arr, mode=img.mode)
 
 
-def augment_image(img: Image.Image, rng: np.random.Generator, operations=DEFAULT_OPERATIONS,
-                  probability: float = 0.5, max_rotation: float = 15.0, crop_scale: float = 0.75,
-                  erase_area: float = 0.2) -> tuple[Image.Image, list[str]]:
+def augment_image(
+    img: Image.Image,
+    rng: np.random.Generator,
+    operations=DEFAULT_OPERATIONS,
+    probability: float = 0.5,
+    max_rotation: float = 15.0,
+    crop_scale: float = 0.75,
+    erase_area: float = 0.2,
+) -> tuple[Image.Image, list[str]]:
     """Apply each operation with `probability` (at least one always), in a fixed order."""
     chosen = [op for op in operations if rng.random() < probability]
     if not chosen:
@@ -152,10 +166,20 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
         raise UserError(f"--out {out}: already exists and is not empty; choose another folder or pass --force")
 
 
-def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_class: int, seed: int = 0,
-                    operations=DEFAULT_OPERATIONS, probability: float = 0.5, max_rotation: float = 15.0,
-                    crop_scale: float = 0.75, erase_area: float = 0.2, resize: tuple[int, int] | None = None,
-                    force: bool = False, workers: int | None = None) -> dict:
+def augment_dataset(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    target_per_class: int,
+    seed: int = 0,
+    operations=DEFAULT_OPERATIONS,
+    probability: float = 0.5,
+    max_rotation: float = 15.0,
+    crop_scale: float = 0.75,
+    erase_area: float = 0.2,
+    resize: tuple[int, int] | None = None,
+    force: bool = False,
+    workers: int | None = None,
+) -> dict:
     """Write OUT with every class of train/ (or of DIR/<class>/) topped up to target_per_class.
 
     val/ and test/ are copied unchanged: evaluation never sees augmented images.
@@ -197,16 +221,36 @@ def augment_dataset(src: str | os.PathLike, out: str | os.PathLike, target_per_c
             skipped += [(str(p), verdicts[str(p)]) for p in files if verdicts[str(p)] is not None]
             if force:
                 replaced += remove_earlier_augmented(out_root / cls, files, in_root / cls)
-            counts[cls] = _augment_class(cls, good, in_root / cls, out_root / cls, target_per_class, seed,
-                                         dict(operations=tuple(operations), probability=probability,
-                                              max_rotation=max_rotation, crop_scale=crop_scale,
-                                              erase_area=erase_area), resize)
+            counts[cls] = _augment_class(
+                cls,
+                good,
+                in_root / cls,
+                out_root / cls,
+                target_per_class,
+                seed,
+                dict(
+                    operations=tuple(operations),
+                    probability=probability,
+                    max_rotation=max_rotation,
+                    crop_scale=crop_scale,
+                    erase_area=erase_area,
+                ),
+                resize,
+            )
     for _split, (in_root, out_root) in plain.items():
         for path in class_files(in_root, images_only=True):
             _write_original(path, out_root / path.relative_to(in_root), resize)
-    return {"src": str(src), "out": str(out), "target_per_class": target_per_class, "seed": seed,
-            "operations": list(operations), "counts": counts, "skipped": skipped,
-            "copied_splits": sorted(plain), "replaced": replaced}
+    return {
+        "src": str(src),
+        "out": str(out),
+        "target_per_class": target_per_class,
+        "seed": seed,
+        "operations": list(operations),
+        "counts": counts,
+        "skipped": skipped,
+        "copied_splits": sorted(plain),
+        "replaced": replaced,
+    }
 
 
 def is_augmented_name(name: str, stems: set[str]) -> bool:
@@ -226,8 +270,9 @@ def remove_earlier_augmented(out_dir: Path, sources: list[Path], in_dir: Path) -
         return 0
     stems = {p.stem for p in sources}
     originals = {p.relative_to(in_dir).as_posix() for p in sources}
-    stale = [e for e in out_dir.iterdir()
-             if e.is_file() and e.name not in originals and is_augmented_name(e.name, stems)]
+    stale = [
+        e for e in out_dir.iterdir() if e.is_file() and e.name not in originals and is_augmented_name(e.name, stems)
+    ]
     for path in stale:
         path.unlink()
     return len(stale)
@@ -246,8 +291,16 @@ def _write_original(path: Path, dest: Path, resize: tuple[int, int] | None) -> N
         atomic_write_bytes(buf.getvalue(), dest)
 
 
-def _augment_class(cls: str, good: list[Path], in_dir: Path, out_dir: Path, target: int, seed: int, params: dict,
-                   resize: tuple[int, int] | None) -> dict[str, int]:
+def _augment_class(
+    cls: str,
+    good: list[Path],
+    in_dir: Path,
+    out_dir: Path,
+    target: int,
+    seed: int,
+    params: dict,
+    resize: tuple[int, int] | None,
+) -> dict[str, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in good:
         _write_original(path, out_dir / path.relative_to(in_dir), resize)
@@ -275,15 +328,23 @@ def format_augment_report(result: dict) -> str:
     width = max([5] + [len(c) for c in result["counts"]])
     lines = [f"{'class':<{width}}  original  augmented   total"]
     for cls, row in result["counts"].items():
-        lines.append(f"{cls:<{width}}  {row['original']:>8}  {row['augmented']:>9}  {row['original'] + row['augmented']:>6}")
-    lines.append(f"wrote {result['out']} (target {result['target_per_class']} per class, seed {result['seed']}, "
-                 f"ops {','.join(result['operations'])}); the source folder was not changed")
+        lines.append(
+            f"{cls:<{width}}  {row['original']:>8}  {row['augmented']:>9}  {row['original'] + row['augmented']:>6}"
+        )
+    lines.append(
+        f"wrote {result['out']} (target {result['target_per_class']} per class, seed {result['seed']}, "
+        f"ops {','.join(result['operations'])}); the source folder was not changed"
+    )
     if result.get("replaced"):
-        lines.append(f"replaced {result['replaced']} augmented file(s) of an earlier run (--force); "
-                     "originals and other files in the output folder were kept")
+        lines.append(
+            f"replaced {result['replaced']} augmented file(s) of an earlier run (--force); "
+            "originals and other files in the output folder were kept"
+        )
     if result["copied_splits"]:
         lines.append(f"copied {', '.join(s + '/' for s in result['copied_splits'])} unchanged (never augmented)")
     if result["skipped"]:
-        lines.append(f"skipped {len(result['skipped'])} unreadable file(s), e.g. {result['skipped'][0][0]}: "
-                     f"{result['skipped'][0][1]}")
+        lines.append(
+            f"skipped {len(result['skipped'])} unreadable file(s), e.g. {result['skipped'][0][0]}: "
+            f"{result['skipped'][0][1]}"
+        )
     return "\n".join(lines)

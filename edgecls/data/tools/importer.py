@@ -208,9 +208,16 @@ class _State:
         self.handle.close()
 
 
-def import_images(csv_path: str | os.PathLike, out: str | os.PathLike, timeout: float = 10.0, retries: int = 2,
-                  max_bytes: int = 20_000_000, workers: int = 8, backoff: float = 0.5,
-                  report_path: str | os.PathLike | None = None) -> dict:
+def import_images(
+    csv_path: str | os.PathLike,
+    out: str | os.PathLike,
+    timeout: float = 10.0,
+    retries: int = 2,
+    max_bytes: int = 20_000_000,
+    workers: int = 8,
+    backoff: float = 0.5,
+    report_path: str | os.PathLike | None = None,
+) -> dict:
     """Fetch every row; returns the report {"ok", "duplicate", "failed", "skipped" (resume), "rows"}."""
     if timeout <= 0 or retries < 0 or max_bytes < 1 or workers < 1:
         raise UserError("--timeout, --max-bytes and --workers must be positive and --retries >= 0")
@@ -228,9 +235,14 @@ def import_images(csv_path: str | os.PathLike, out: str | os.PathLike, timeout: 
         if row.url in first_row:
             earlier = first_row[row.url]
             if (earlier.cls, earlier.split) != (row.cls, row.split):
-                report["failed"].append({"url": row.url, "line": row.line, "reason":
-                                         f"listed again with class {row.cls!r}/{row.split} "
-                                         f"(line {earlier.line} says {earlier.cls!r}/{earlier.split}); kept the first"})
+                report["failed"].append(
+                    {
+                        "url": row.url,
+                        "line": row.line,
+                        "reason": f"listed again with class {row.cls!r}/{row.split} "
+                        f"(line {earlier.line} says {earlier.cls!r}/{earlier.split}); kept the first",
+                    }
+                )
             continue
         first_row[row.url] = row
         if row.url in state.done:
@@ -274,8 +286,10 @@ def import_images(csv_path: str | os.PathLike, out: str | os.PathLike, timeout: 
 
 
 def format_import_report(report: dict, limit: int = 20) -> str:
-    lines = [f"{report['rows']} rows: {len(report['ok'])} downloaded, {len(report['duplicate'])} duplicate content, "
-             f"{report['skipped']} already done (resume), {len(report['failed'])} failed"]
+    lines = [
+        f"{report['rows']} rows: {len(report['ok'])} downloaded, {len(report['duplicate'])} duplicate content, "
+        f"{report['skipped']} already done (resume), {len(report['failed'])} failed"
+    ]
     for item in report["failed"][:limit]:
         lines.append(f"  failed {item['url']}: {item['reason']}")
     if len(report["failed"]) > limit:

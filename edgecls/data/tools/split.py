@@ -41,8 +41,9 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int,
     return n - n_val - n_test, n_val, n_test
 
 
-def assign_splits(names: list[str], seed: int, class_name: str, val_fraction: float,
-                  test_fraction: float) -> dict[str, str]:
+def assign_splits(
+    names: list[str], seed: int, class_name: str, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
     """name -> split, from a shuffle seeded by (seed, class) so it does not depend on file order."""
     order = sorted(names)
     random.Random(f"{seed}:{class_name}").shuffle(order)
@@ -59,8 +60,10 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0 <= test_fraction < 1:
         raise UserError(f"--test-fraction {test_fraction}: must be between 0 and 1 (0 = no test/)")
     if val_fraction + test_fraction >= 1:
-        raise UserError(f"--val-fraction + --test-fraction = {val_fraction + test_fraction:g}: "
-                        "must be below 1 so train/ keeps images")
+        raise UserError(
+            f"--val-fraction + --test-fraction = {val_fraction + test_fraction:g}: "
+            "must be below 1 so train/ keeps images"
+        )
 
 
 def _count_images(root: Path, split_names, classes) -> Counter:
@@ -73,8 +76,14 @@ def _count_images(root: Path, split_names, classes) -> Counter:
     return counts
 
 
-def split_dataset(root: str | os.PathLike, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
-                  move: bool = False, force: bool = False) -> dict:
+def split_dataset(
+    root: str | os.PathLike,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    move: bool = False,
+    force: bool = False,
+) -> dict:
     """Split DIR in place; returns {"layout", "mode", "counts": {class: {split: n}}, "left": [...]}."""
     _check_fractions(val_fraction, test_fraction)
     layout = detect_layout(root)
@@ -94,8 +103,10 @@ def split_dataset(root: str | os.PathLike, val_fraction: float = 0.2, test_fract
             raise UserError(f"{root / 'train'}: no class folders; put images in train/<class>/")
         existing = [s for s in ("val", "test") if (root / s).is_dir() and any((root / s).iterdir())]
         if existing and not force:
-            raise UserError(f"{root}: {' and '.join(s + '/' for s in existing)} already exist{'' if len(existing) > 1 else 's'}; "
-                            "pass --force to put their images back into the pool and split again")
+            raise UserError(
+                f"{root}: {' and '.join(s + '/' for s in existing)} already exist{'' if len(existing) > 1 else 's'}; "
+                "pass --force to put their images back into the pool and split again"
+            )
         for s in existing:
             unknown = [c for c in visible_subdirs(root / s) if c not in classes]
             if unknown:
@@ -139,17 +150,28 @@ def split_dataset(root: str | os.PathLike, val_fraction: float = 0.2, test_fract
     after = _count_images(root, SPLITS, classes)
     if after != before:
         missing = {c: (before[c], after[c]) for c in classes if before[c] != after[c]}
-        raise UserError(f"{root}: image counts changed during the split (class: before, after) {missing}; "
-                        "another program may be writing to this folder; nothing was deleted, check and re-run")
+        raise UserError(
+            f"{root}: image counts changed during the split (class: before, after) {missing}; "
+            "another program may be writing to this folder; nothing was deleted, check and re-run"
+        )
     if layout.kind == "classes" and mode == "copy":
         still = _count_images(root, [""], classes)
         if still != before:
             raise UserError(f"{root}: original class folders changed during the copy; check and re-run")
 
-    counts = {c: {s: len(class_files(root / s / c, images_only=True)) if (root / s / c).is_dir() else 0
-                  for s in wanted} for c in classes}
-    return {"root": str(root), "layout": layout.kind, "mode": mode, "seed": seed, "counts": counts,
-            "total": sum(before.values()), "left": left}
+    counts = {
+        c: {s: len(class_files(root / s / c, images_only=True)) if (root / s / c).is_dir() else 0 for s in wanted}
+        for c in classes
+    }
+    return {
+        "root": str(root),
+        "layout": layout.kind,
+        "mode": mode,
+        "seed": seed,
+        "counts": counts,
+        "total": sum(before.values()),
+        "left": left,
+    }
 
 
 def _remove_empty_dirs(folder: Path) -> None:
@@ -170,8 +192,10 @@ def format_split_report(result: dict) -> str:
     totals = [sum(r.get(s, 0) for r in result["counts"].values()) for s in splits]
     lines.append(f"{'total':<{width}}  " + "  ".join(f"{t:>6}" for t in totals))
     verb = "copied" if result["mode"] == "copy" else "moved"
-    lines.append(f"{result['total']} images {verb} into {', '.join(s + '/' for s in splits)} of {result['root']} "
-                 f"(seed {result['seed']}); counts checked before = after")
+    lines.append(
+        f"{result['total']} images {verb} into {', '.join(s + '/' for s in splits)} of {result['root']} "
+        f"(seed {result['seed']}); counts checked before = after"
+    )
     if result["left"]:
         lines.append(f"{len(result['left'])} non-image file(s) left where they were, e.g. {result['left'][0]}")
     return "\n".join(lines)

@@ -14,23 +14,33 @@ def dataset_stats(root: str | os.PathLike) -> dict:
     """{"root", "layout", "splits", "classes", "counts": {split: {class: n}}, "totals", "imbalance"}."""
     layout = detect_layout(root)
     classes = sorted({c for folder in layout.splits.values() for c in visible_subdirs(folder)})
-    counts = {split: {c: (len(class_files(folder / c, images_only=True)) if (folder / c).is_dir() else 0)
-                      for c in classes}
-              for split, folder in layout.splits.items()}
+    counts = {
+        split: {c: (len(class_files(folder / c, images_only=True)) if (folder / c).is_dir() else 0) for c in classes}
+        for split, folder in layout.splits.items()
+    }
     totals = {split: sum(row.values()) for split, row in counts.items()}
     first = next(iter(counts))
     nonzero = [n for n in counts[first].values() if n]
-    return {"root": str(layout.root), "layout": layout.kind, "splits": list(counts), "classes": classes,
-            "counts": counts, "totals": totals, "total": sum(totals.values()),
-            "imbalance": round(max(nonzero) / min(nonzero), 3) if nonzero else None}
+    return {
+        "root": str(layout.root),
+        "layout": layout.kind,
+        "splits": list(counts),
+        "classes": classes,
+        "counts": counts,
+        "totals": totals,
+        "total": sum(totals.values()),
+        "imbalance": round(max(nonzero) / min(nonzero), 3) if nonzero else None,
+    }
 
 
 def refuse_existing(outputs: dict[str, Path | None], force: bool = False) -> None:
     """Stop before any work when an output file (flag -> path; None: not written) exists, unless force."""
     for flag, path in outputs.items():
         if path is not None and not force and os.path.lexists(path):
-            raise UserError(f"{flag} {path}: already exists (it may be one of your images); "
-                            f"pass --force to replace it or give another {flag}")
+            raise UserError(
+                f"{flag} {path}: already exists (it may be one of your images); "
+                f"pass --force to replace it or give another {flag}"
+            )
 
 
 def plot_histogram(stats: dict, png_path: str | os.PathLike) -> Path:
@@ -47,10 +57,16 @@ def plot_histogram(stats: dict, png_path: str | os.PathLike) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) + 2), 4.5))
     try:
         for i, split in enumerate(splits):
-            ax.bar(x + (i - (len(splits) - 1) / 2) * width, [stats["counts"][split][c] for c in classes], width,
-                   label=f"{split} ({stats['totals'][split]})")
+            ax.bar(
+                x + (i - (len(splits) - 1) / 2) * width,
+                [stats["counts"][split][c] for c in classes],
+                width,
+                label=f"{split} ({stats['totals'][split]})",
+            )
         ax.set_xticks(x)
-        ax.set_xticklabels(classes, rotation=45 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center")
+        ax.set_xticklabels(
+            classes, rotation=45 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center"
+        )
         ax.set_ylabel("images")
         top = max([max(row.values(), default=0) for row in stats["counts"].values()] + [1])
         ax.set_ylim(0, top * 1.25)  # room for the legend above the bars
@@ -72,6 +88,8 @@ def format_stats(stats: dict) -> str:
         lines.append(f"{cls:<{width}}  " + "  ".join(f"{stats['counts'][s][cls]:>7}" for s in splits))
     lines.append(f"{'total':<{width}}  " + "  ".join(f"{stats['totals'][s]:>7}" for s in splits))
     if stats["imbalance"] is not None:
-        lines.append(f"{len(stats['classes'])} classes, {stats['total']} images; "
-                     f"largest/smallest class in {splits[0]}: {stats['imbalance']:g}")
+        lines.append(
+            f"{len(stats['classes'])} classes, {stats['total']} images; "
+            f"largest/smallest class in {splits[0]}: {stats['imbalance']:g}"
+        )
     return "\n".join(lines)

@@ -58,8 +58,9 @@ def _describe_chunk(args: tuple[list[str], bool]) -> list[tuple[str | None, int,
     return [_describe(p, pixel_hash) for p in paths]
 
 
-def describe_files(paths: list[str], pixel_hash: bool = False, workers: int | None = None,
-                   use_cache: bool = True) -> list[tuple]:
+def describe_files(
+    paths: list[str], pixel_hash: bool = False, workers: int | None = None, use_cache: bool = True
+) -> list[tuple]:
     """(sha1, width, height, format) per path, in parallel; cached by path + size + mtime like verify_files."""
     paths = [os.path.abspath(p) for p in paths]
     cache_file = _describe_cache_file(paths, pixel_hash)
@@ -76,7 +77,7 @@ def describe_files(paths: list[str], pixel_hash: bool = False, workers: int | No
         found.update(zip(todo, _describe_chunk((todo, pixel_hash))))
     else:
         size = max(64, len(todo) // (workers * 8))
-        chunks = [(todo[i:i + size], pixel_hash) for i in range(0, len(todo), size)]
+        chunks = [(todo[i : i + size], pixel_hash) for i in range(0, len(todo), size)]
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for (chunk, _), part in zip(chunks, pool.map(_describe_chunk, chunks)):
                 found.update(zip(chunk, part))
@@ -102,23 +103,35 @@ def _collect(layout: Layout) -> tuple[list[dict], list[dict], dict[str, list[str
         if layout.kind == "splits":
             for entry in sorted(folder.iterdir()):
                 if entry.is_file() and not is_hidden(entry.name):
-                    stray.append({"path": str(entry), "split": split, "class": None, "kind": "stray",
-                                  "reason": "file outside any class folder (ignored by training)"})
+                    stray.append(
+                        {
+                            "path": str(entry),
+                            "split": split,
+                            "class": None,
+                            "kind": "stray",
+                            "reason": "file outside any class folder (ignored by training)",
+                        }
+                    )
         for cls in classes[split]:
             for path in class_files(folder / cls):
-                files.append({"path": str(path), "rel": path.relative_to(layout.root).as_posix(),
-                              "split": split, "class": cls})
+                files.append(
+                    {"path": str(path), "rel": path.relative_to(layout.root).as_posix(), "split": split, "class": cls}
+                )
     return files, stray, classes
 
 
-def verify_dataset(root: str | os.PathLike, min_size: int = 8, pixel_hash: bool = False, workers: int | None = None,
-                   use_cache: bool = True) -> dict:
+def verify_dataset(
+    root: str | os.PathLike,
+    min_size: int = 8,
+    pixel_hash: bool = False,
+    workers: int | None = None,
+    use_cache: bool = True,
+) -> dict:
     """Scan DIR (DIR/train|val|test/<class>/ or DIR/<class>/) and return the full report as a dict."""
     layout = detect_layout(root)
     files, problems, classes = _collect(layout)
     verdicts = verify_files([f["path"] for f in files], workers=workers, use_cache=use_cache)
-    described = describe_files([f["path"] for f in files], pixel_hash=pixel_hash, workers=workers,
-                               use_cache=use_cache)
+    described = describe_files([f["path"] for f in files], pixel_hash=pixel_hash, workers=workers, use_cache=use_cache)
 
     good: list[dict] = []
     for f, (digest, width, height, fmt) in zip(files, described):
@@ -129,23 +142,33 @@ def verify_dataset(root: str | os.PathLike, min_size: int = 8, pixel_hash: bool 
         elif not has_image_extension(f["path"]):
             kind = "unsupported"
             ext = Path(f["path"]).suffix or "(none)"
-            reason = (f"extension {ext} is not read by training (use {' '.join(IMAGE_EXTENSIONS)})"
-                      + (f"; the file is {'a ' + fmt if fmt else 'not an'} image" if reason is None else f"; {reason}"))
+            reason = f"extension {ext} is not read by training (use {' '.join(IMAGE_EXTENSIONS)})" + (
+                f"; the file is {'a ' + fmt if fmt else 'not an'} image" if reason is None else f"; {reason}"
+            )
         elif reason is not None:
             kind = "corrupt"
         elif min(width, height) < min_size:
             kind = "tiny"
             reason = f"{width}x{height} pixels, below --min-size {min_size}"
         if kind:
-            problems.append({"path": f["path"], "split": f["split"], "class": f["class"], "kind": kind, "reason": reason})
+            problems.append(
+                {"path": f["path"], "split": f["split"], "class": f["class"], "kind": kind, "reason": reason}
+            )
         else:
             good.append({**f, "sha1": digest, "width": width, "height": height, "format": fmt})
 
     duplicates = find_duplicates(good)
     for group in duplicates:
         for extra in group["files"][1:]:
-            problems.append({"path": extra["path"], "split": extra["split"], "class": extra["class"],
-                             "kind": extra["kind"], "reason": f"same content as {group['files'][0]['path']}"})
+            problems.append(
+                {
+                    "path": extra["path"],
+                    "split": extra["split"],
+                    "class": extra["class"],
+                    "kind": extra["kind"],
+                    "reason": f"same content as {group['files'][0]['path']}",
+                }
+            )
 
     redundant = {p["path"] for p in problems if p["kind"] in DUPLICATE_KINDS}
     counts = {split: {cls: 0 for cls in names} for split, names in classes.items()}
@@ -191,8 +214,15 @@ def find_duplicates(good: list[dict]) -> list[dict]:
         if len(members) < 2:
             continue
         members.sort(key=lambda f: (SPLIT_ORDER.get(f["split"], 9), f["path"]))
-        files = [{"path": f["path"], "split": f["split"], "class": f["class"],
-                  "kind": copy_kind(f, members[0]) if i else None} for i, f in enumerate(members)]
+        files = [
+            {
+                "path": f["path"],
+                "split": f["split"],
+                "class": f["class"],
+                "kind": copy_kind(f, members[0]) if i else None,
+            }
+            for i, f in enumerate(members)
+        ]
         kind = max((f["kind"] for f in files[1:]), key=DUPLICATE_KINDS.index)
         groups.append({"kind": kind, "sha1": digest, "files": files})
     groups.sort(key=lambda g: g["files"][0]["path"])
@@ -225,9 +255,14 @@ def imbalance(counts: dict) -> dict:
     smallest = min(nonzero, key=lambda c: (nonzero[c], c))
     largest = max(nonzero, key=lambda c: (nonzero[c], c))
     median = statistics.median(nonzero.values())
-    return {"split": split, "ratio": round(nonzero[largest] / nonzero[smallest], 3),
-            "smallest": [smallest, nonzero[smallest]], "largest": [largest, nonzero[largest]],
-            "median": median, "under_half_median": sorted(c for c, n in nonzero.items() if n < median / 2)}
+    return {
+        "split": split,
+        "ratio": round(nonzero[largest] / nonzero[smallest], 3),
+        "smallest": [smallest, nonzero[smallest]],
+        "largest": [largest, nonzero[largest]],
+        "median": median,
+        "under_half_median": sorted(c for c, n in nonzero.items() if n < median / 2),
+    }
 
 
 def size_stats(good: list[dict]) -> dict:
@@ -238,11 +273,20 @@ def size_stats(good: list[dict]) -> dict:
     sizes = Counter(f"{f['width']}x{f['height']}" for f in good)
 
     def summary(values):
-        return {"min": min(values), "max": max(values), "mean": round(statistics.fmean(values), 1),
-                "median": statistics.median(values)}
+        return {
+            "min": min(values),
+            "max": max(values),
+            "mean": round(statistics.fmean(values), 1),
+            "median": statistics.median(values),
+        }
 
-    return {"width": summary(widths), "height": summary(heights), "distinct_sizes": len(sizes),
-            "most_common": sizes.most_common(5), "formats": dict(Counter(f["format"] for f in good))}
+    return {
+        "width": summary(widths),
+        "height": summary(heights),
+        "distinct_sizes": len(sizes),
+        "most_common": sizes.most_common(5),
+        "formats": dict(Counter(f["format"] for f in good)),
+    }
 
 
 def quarantine(report: dict, qdir: str | os.PathLike, kinds=KINDS) -> list[dict]:
@@ -250,8 +294,10 @@ def quarantine(report: dict, qdir: str | os.PathLike, kinds=KINDS) -> list[dict]
     root = Path(report["root"])
     qdir = Path(qdir)
     if report["layout"] == "classes" and is_inside(qdir, root):
-        raise UserError(f"--quarantine {qdir}: inside {root}, where it would be read as a class; "
-                        "choose a folder outside the dataset")
+        raise UserError(
+            f"--quarantine {qdir}: inside {root}, where it would be read as a class; "
+            "choose a folder outside the dataset"
+        )
     for split in ("train", "val", "test"):
         if report["layout"] == "splits" and is_inside(qdir, root / split):
             raise UserError(f"--quarantine {qdir}: inside {root / split}; choose a folder outside the splits")
@@ -275,8 +321,10 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
 
 def format_report(report: dict, limit: int = 20) -> str:
     """Human-readable report: problems by kind (first `limit` of each), counts, imbalance, sizes."""
-    lines = [f"verified {report['files']} files in {report['root']} ({report['layout']} layout): "
-             f"{report['good']} usable, {len(report['problems'])} problem(s)"]
+    lines = [
+        f"verified {report['files']} files in {report['root']} ({report['layout']} layout): "
+        f"{report['good']} usable, {len(report['problems'])} problem(s)"
+    ]
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for p in report["problems"]:
         by_kind[p["kind"]].append(p)
@@ -298,16 +346,20 @@ def format_report(report: dict, limit: int = 20) -> str:
     lines += [f"  note: {n}" for n in report["class_problems"]]
     imb = report["imbalance"]
     if imb.get("ratio") is not None:
-        lines.append(f"imbalance ({imb['split']}): largest/smallest = {imb['ratio']:g} "
-                     f"({imb['largest'][0]}: {imb['largest'][1]}, {imb['smallest'][0]}: {imb['smallest'][1]})"
-                     + (f"; under half the median: {imb['under_half_median']}" if imb["under_half_median"] else ""))
+        lines.append(
+            f"imbalance ({imb['split']}): largest/smallest = {imb['ratio']:g} "
+            f"({imb['largest'][0]}: {imb['largest'][1]}, {imb['smallest'][0]}: {imb['smallest'][1]})"
+            + (f"; under half the median: {imb['under_half_median']}" if imb["under_half_median"] else "")
+        )
     sizes = report["sizes"]
     if sizes:
         w, h = sizes["width"], sizes["height"]
         common = ", ".join(f"{s} ({n})" for s, n in sizes["most_common"])
-        lines.append(f"image sizes: width {w['min']}..{w['max']} (median {w['median']}), "
-                     f"height {h['min']}..{h['max']} (median {h['median']}); {sizes['distinct_sizes']} distinct; "
-                     f"most common {common}")
+        lines.append(
+            f"image sizes: width {w['min']}..{w['max']} (median {w['median']}), "
+            f"height {h['min']}..{h['max']} (median {h['median']}); {sizes['distinct_sizes']} distinct; "
+            f"most common {common}"
+        )
     if report["quarantined"]:
         lines.append(f"quarantined {len(report['quarantined'])} file(s), e.g. {report['quarantined'][0]['to']}")
     return "\n".join(lines)
