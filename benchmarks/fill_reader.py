@@ -9,7 +9,7 @@ the training thread beside it.
 The "gpu" cache fill reads every training file while epoch 1 trains: a JPEG's header says
 whether nvjpeg may decode it; every other file (PNG, progressive or rotated JPEG) is decoded by
 PIL. Its first version did both on threads of the training process, sharing one GIL with the
-thread that trains; both now run in child processes (`edgecls/data/fill_workers.py`). This
+thread that trains; both now run in child processes (`edgecls/data/cache/fill_workers.py`). This
 measures, on any machine (no GPU needed), over the .jpg and .png files of DIR, in one run:
 
   rate             images/s through that stage alone
@@ -48,10 +48,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from edgecls.data.fill_workers import READ_AHEAD as READ_AHEAD_RECEIVER  # noqa: E402
-from edgecls.data.fill_workers import jpeg_header, nvjpeg_exact, read_chunks  # noqa: E402
-from edgecls.data.gpu_cache import READ_CHUNK  # noqa: E402
-from edgecls.data.train_decoder import TrainDecoder  # noqa: E402
+from edgecls.data.cache.fill_workers import READ_AHEAD as READ_AHEAD_RECEIVER  # noqa: E402
+from edgecls.data.cache.fill_workers import jpeg_header, nvjpeg_exact, read_chunks  # noqa: E402
+from edgecls.data.cache.gpu import READ_CHUNK  # noqa: E402
+from edgecls.data.cache.train_decoder import TrainDecoder  # noqa: E402
 
 READ_AHEAD = 3  # chunks in flight in the thread variants, as in the first version
 DECODER = TrainDecoder((280, 280))  # --cache-size; 280x280: what train.py caches at 224 with the default crop scale

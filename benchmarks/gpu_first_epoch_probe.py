@@ -68,9 +68,9 @@ def main(argv=None) -> int:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from edgecls.data.cache import TrainDecoder
-    from edgecls.data.fill_workers import JPEG, read_chunks
-    from edgecls.data.gpu_cache import READ_CHUNK, DeviceFill
+    from edgecls.data.cache.fill_workers import JPEG, read_chunks
+    from edgecls.data.cache.gpu import READ_CHUNK, DeviceFill
+    from edgecls.data.cache.train_decoder import TrainDecoder
 
     paths = sorted(str(p) for p in Path(args.data).rglob("*.jpg"))[: args.images]
     if not paths:

@@ -84,11 +84,12 @@ def val_top1(onnx_path: Path, val_dir: Path, threads: int | None) -> tuple[float
 
 
 def train(cfg_kwargs: dict) -> tuple[Path, float]:
-    from edgecls.engine.trainer import TrainConfig, fit
+    from edgecls.engine.config import TrainConfig
+    from edgecls.engine.trainer import fit
 
     start = time.perf_counter()
     out = fit(TrainConfig(**cfg_kwargs))
-    return Path(out["run_dir"]) / "best.pth", time.perf_counter() - start
+    return Path(out.run_dir) / "best.pth", time.perf_counter() - start
 
 
 def export_and_score(name: str, snapshot: Path, data: Path, out_dir: Path, args, setup: str) -> dict:

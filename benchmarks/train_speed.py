@@ -78,7 +78,10 @@ def ceiling(args, num_classes: int) -> dict:
     """Images/s of the bare training step on tensors already on the device."""
     import torch
 
-    from edgecls.engine.trainer import TrainConfig, autocast_dtype, make_optimizer, resolve_device
+    from edgecls.engine.config import TrainConfig
+    from edgecls.engine.loops import autocast_dtype
+    from edgecls.engine.optim import make_optimizer
+    from edgecls.engine.run import resolve_device
     from edgecls.models import create_model
 
     device = resolve_device(args.gpu)

@@ -30,7 +30,8 @@ def digits_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(digits_dir, tmp_path_factory) -> Path:
     """A run folder (best.pth, last.pth, class_id.json...) of FP_classifier trained on digits; ~97% val top-1."""
-    from edgecls.engine.trainer import TrainConfig, fit
+    from edgecls.engine.config import TrainConfig
+    from edgecls.engine.trainer import fit
 
     run = tmp_path_factory.mktemp("run") / "fp"
     fit(

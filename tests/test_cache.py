@@ -16,7 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from edgecls.data import cache as ic
+from edgecls.data.cache import augment as ic_augment
+from edgecls.data.cache import decoded as ic_decoded
+from edgecls.data.cache import loader as ic_loader
+from edgecls.data.cache import policy as ic_policy
+from edgecls.data.cache.train_decoder import TrainDecoder
 from edgecls.data.folder import FolderDataset, scan_dataset
 from edgecls.data.presets import Preprocess
 from edgecls.errors import UserError
@@ -45,8 +49,8 @@ def val_samples(digits_dir):
 )
 def test_cached_eval_batches_equal_uncached_eval_path(val_samples, cache_dir, mode, pre):
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
-    images = ic.load_or_build(paths, ic.EvalDecoder(pre), mode, workers=1, log=lambda m: None)
-    loader = ic.CachedLoader(ic.CachedSet(images, labels), 50, torch.device("cpu"), preprocess=pre)
+    images = ic_decoded.load_or_build(paths, ic_decoded.EvalDecoder(pre), mode, workers=1, log=lambda m: None)
+    loader = ic_loader.CachedLoader(ic_loader.CachedSet(images, labels), 50, torch.device("cpu"), preprocess=pre)
     got = torch.cat([x for x, _ in loader])
     got_labels = torch.cat([y for _, y in loader])
     ref = FolderDataset(val_samples, pre)
@@ -61,12 +65,12 @@ def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(digits_dir, tmp_pa
     shutil.copytree(digits_dir / "val", data)
     paths = sorted(str(p) for p in data.rglob("*.png"))
     pre = Preprocess((32, 32), preset="unit")
-    dec = ic.EvalDecoder(pre)
+    dec = ic_decoded.EvalDecoder(pre)
     logs: list[str] = []
-    first = ic.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
+    first = ic_decoded.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
     assert first.mode == "disk" and first.path.parent == cache_dir and len(logs) == 1
     assert not any(".tmp" in n for n in os.listdir(cache_dir))  # no temp file left
-    again = ic.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
+    again = ic_decoded.load_or_build(paths, dec, "disk", workers=2, log=logs.append)
     assert len(logs) == 1 and again.path == first.path  # no second decode
     assert np.array_equal(np.asarray(again.pixels), np.asarray(first.pixels))
 
@@ -75,7 +79,7 @@ def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(digits_dir, tmp_pa
     time.sleep(0.01)
     shutil.copyfile(other, target)
     os.utime(target, ns=(time.time_ns(), time.time_ns()))
-    rebuilt = ic.load_or_build(paths, dec, "disk", workers=1, log=logs.append)
+    rebuilt = ic_decoded.load_or_build(paths, dec, "disk", workers=1, log=logs.append)
     assert len(logs) == 2 and rebuilt.path != first.path
     assert np.array_equal(rebuilt.pixels[0], rebuilt.pixels[-1])
     assert not np.array_equal(rebuilt.pixels[0], first.pixels[0])
@@ -88,10 +92,10 @@ def test_file_broken_after_scan_is_a_user_error_naming_it(digits_dir, tmp_path, 
     with open(paths[2], "r+b") as fh:
         fh.truncate(40)
     with pytest.raises(UserError, match=os.path.basename(paths[2])):
-        ic.load_or_build(paths, ic.TrainDecoder((40, 40)), "ram", workers=1, log=lambda m: None)
+        ic_decoded.load_or_build(paths, TrainDecoder((40, 40)), "ram", workers=1, log=lambda m: None)
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
-    with pytest.raises(UserError, match="--cache-images none"):
-        ic.load_or_build(paths, ic.TrainDecoder((40, 40)), "disk", workers=1, log=lambda m: None)
+    with pytest.raises(UserError, match="`cache_images` none"):
+        ic_decoded.load_or_build(paths, TrainDecoder((40, 40)), "disk", workers=1, log=lambda m: None)
     assert not any(cache_dir.iterdir())  # no half-built file left
 
 
@@ -103,7 +107,7 @@ def test_train_decoder_draft_decodes_jpeg_and_reports_upright_original_size(digi
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     big.save(rotated, quality=95, exif=exif)
-    dec = ic.TrainDecoder((70, 70))
+    dec = TrainDecoder((70, 70))
     pixels, size = dec(str(plain))
     assert pixels.shape == (70, 70, 3) and pixels.dtype == np.uint8 and size == (640, 480)
     full = np.asarray(big.resize((70, 70), Image.BILINEAR), np.float32)
@@ -113,25 +117,47 @@ def test_train_decoder_draft_decodes_jpeg_and_reports_upright_original_size(digi
 
 
 def test_batch_augment_boxes_follow_train_transform_rules():
-    pre = Preprocess((224, 224), preset="imagenet")
-    aug = ic.BatchAugment(pre, hflip=0.5, crop_scale=0.6)
+    """The batched crops and TrainTransform share one sampler: area in [crop_scale, 1] of the original, and
+    the aspect evaluation shows the model (the image's own under squash, the output's under center_crop)."""
     sizes = torch.tensor([[500, 375]] * 2000 + [[100, 400]] * 2000, dtype=torch.int32)
-    boxes = aug.boxes(sizes, torch.Generator().manual_seed(0))
-    x0, y0, w, h = boxes.unbind(1)
-    flipped = w < 0
-    w = w.abs()
-    assert 0.4 < flipped.double().mean() < 0.6
-    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1 + 1e-9).all() and (y0 + h <= 1 + 1e-9).all()
-    area = w * h
     tall = sizes[:, 1] > sizes[:, 0]
-    # landscape images: every box within [0.6, 1] of the area, pixel aspect within 3/4..4/3 of square
-    pixel_ratio = (w * sizes[:, 0]) / (h * sizes[:, 1])
-    assert (area[~tall] >= 0.6 - 0.01).all() and (area[~tall] <= 1.0).all()
-    assert (pixel_ratio[~tall] > 0.74).all() and (pixel_ratio[~tall] < 1.35).all()
-    # very tall images can rarely fit a square-ish box: the whole image is the fallback, as in TrainTransform
-    assert ((area[tall] == 1.0) | ((pixel_ratio[tall] > 0.74) & (pixel_ratio[tall] < 1.35))).all()
-    # same generator seed, same boxes (resume is exact)
-    assert torch.equal(boxes, aug.boxes(sizes, torch.Generator().manual_seed(0)))
+    image_ratio = sizes[:, 0].double() / sizes[:, 1].double()
+    for resize, target in (("squash", image_ratio), ("center_crop", torch.ones(len(sizes), dtype=torch.float64))):
+        pre = Preprocess((224, 224), preset="imagenet", resize=resize)
+        aug = ic_augment.BatchAugment(pre, hflip=0.5, crop_scale=0.6)
+        boxes = aug.boxes(sizes, torch.Generator().manual_seed(0))
+        x0, y0, w, h = boxes.unbind(1)
+        flipped = w < 0
+        w = w.abs()
+        assert 0.4 < flipped.double().mean() < 0.6
+        assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1 + 1e-9).all() and (y0 + h <= 1 + 1e-9).all()
+        area = w * h
+        jitter = (w * sizes[:, 0]) / (h * sizes[:, 1]) / target  # pixel aspect over the target aspect
+        assert (area[~tall] >= 0.6 - 0.01).all() and (area[~tall] <= 1.0).all(), resize
+        assert (jitter[~tall] > 0.74).all() and (jitter[~tall] < 1.35).all(), resize
+        # a box that cannot fit falls back to the whole image, as in TrainTransform
+        assert ((area[tall] == 1.0) | ((jitter[tall] > 0.74) & (jitter[tall] < 1.35))).all(), resize
+        # same generator seed, same boxes (resume is exact)
+        assert torch.equal(boxes, aug.boxes(sizes, torch.Generator().manual_seed(0)))
+
+
+def test_pil_and_batched_paths_draw_crops_from_one_sampler():
+    """TrainTransform's box for an image is what the shared sampler gives for the same generator state."""
+    import random
+
+    from edgecls.data.crop import sample_boxes, target_ratios
+    from edgecls.data.transforms import TrainTransform
+
+    pre = Preprocess((32, 48), preset="unit")
+    transform = TrainTransform(pre, hflip=0.0, crop_scale=0.5)
+    random.seed(3)
+    box = transform._crop_box(640, 427)
+    random.seed(3)
+    generator = torch.Generator().manual_seed(random.getrandbits(63))
+    w, h = torch.tensor([640]), torch.tensor([427])
+    expected = sample_boxes(w, h, 0.5, target_ratios(w, h, "squash", (32, 48)), generator)[0]
+    assert box == tuple(int(v) for v in expected)
+    assert 0.5 * 640 * 427 * 0.99 <= box[2] * box[3] <= 640 * 427
 
 
 def test_batch_augment_crop_matches_pil_crop_and_flip_mirrors(val_samples):
@@ -140,7 +166,7 @@ def test_batch_augment_crop_matches_pil_crop_and_flip_mirrors(val_samples):
     arr = torch.from_numpy(np.array(img, np.uint8))[None]
     size = torch.tensor([[96, 96]], dtype=torch.int32)
 
-    class FixedBox(ic.BatchAugment):
+    class FixedBox(ic_augment.BatchAugment):
         def __init__(self, box, *a, **k):
             super().__init__(*a, **k)
             self.box = box
@@ -162,13 +188,17 @@ def test_batch_augment_crop_matches_pil_crop_and_flip_mirrors(val_samples):
 def test_cached_train_loader_is_seeded_sharded_and_covers_every_image(val_samples, cache_dir):
     pre = Preprocess((32, 32), preset="kneron")
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
-    images = ic.load_or_build(paths, ic.TrainDecoder(ic.train_cache_size(pre, 0.6)), "ram", log=lambda m: None)
+    images = ic_decoded.load_or_build(
+        paths, TrainDecoder(ic_policy.train_cache_size(pre, 0.6)), "ram", log=lambda m: None
+    )
     assert images.pixels.shape[1:3] == (40, 40)  # 32 x min(1.25, 1/sqrt(0.6))
-    data = ic.CachedSet(images, labels)
-    aug = ic.BatchAugment(pre, crop_scale=0.6)
+    data = ic_loader.CachedSet(images, labels)
+    aug = ic_augment.BatchAugment(pre, crop_scale=0.6)
 
     def epoch(seed):
-        loader = ic.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, augment=aug, shuffle=True, seed=seed)
+        loader = ic_loader.CachedLoader(
+            data, 64, torch.device("cpu"), preprocess=pre, augment=aug, shuffle=True, seed=seed
+        )
         batches = list(loader)
         assert len(batches) == len(loader) == math.ceil(len(labels) / 64)
         return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
@@ -185,22 +215,23 @@ def test_cached_train_loader_is_seeded_sharded_and_covers_every_image(val_sample
     from edgecls.engine.distributed import ShardSampler
 
     shards = [ShardSampler(len(data), r, 2) for r in (0, 1)]
-    seen = [ic.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, sampler=s) for s in shards]
+    seen = [ic_loader.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, sampler=s) for s in shards]
     counts = [sum(len(y) for _, y in loader) for loader in seen]
     assert sum(counts) == len(labels)  # every eval image counted exactly once across ranks
 
 
 def test_resolve_mode_budgets():
-    assert ic.resolve_mode("auto", 10 * 2**20) == "ram"
-    assert ic.resolve_mode("auto", 10 * 2**20, distributed=True) in ("disk", "ram")
-    assert ic.resolve_mode("auto", 2**60) == "none"
-    assert ic.resolve_mode("disk", 2**60) == "disk"
-    with pytest.raises(UserError, match="--cache-images"):
-        ic.resolve_mode("gpu", 1)
+    assert ic_policy.resolve_mode("auto", 10 * 2**20) == "ram"
+    assert ic_policy.resolve_mode("auto", 10 * 2**20, distributed=True) in ("disk", "ram")
+    assert ic_policy.resolve_mode("auto", 2**60) == "none"
+    assert ic_policy.resolve_mode("disk", 2**60) == "disk"
+    with pytest.raises(UserError, match="`cache_images`"):
+        ic_policy.resolve_mode("gpu", 1)
 
 
 def test_training_with_disk_cache_reuses_it_on_the_second_run(digits_dir, tmp_path, cache_dir, capsys):
-    from edgecls.engine.trainer import TrainConfig, fit
+    from edgecls.engine.config import TrainConfig
+    from edgecls.engine.trainer import fit
 
     def run(name):
         return fit(
@@ -229,7 +260,7 @@ def test_training_with_disk_cache_reuses_it_on_the_second_run(digits_dir, tmp_pa
     second = run("b")
     out2 = capsys.readouterr().out
     assert "caching" not in out2 and sorted(os.listdir(cache_dir)) == files
-    assert first["best_top1"] > 0.5 and second["best_top1"] == first["best_top1"]  # same seed, same result
+    assert first.best_top1 > 0.5 and second.best_top1 == first.best_top1  # same seed, same result
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +294,7 @@ def photo_folder(tmp_path_factory):
 
 
 def test_jpeg_header_agrees_with_pil(photo_folder, tmp_path):
-    from edgecls.data.fill_workers import jpeg_header
+    from edgecls.data.cache.fill_workers import jpeg_header
 
     cmyk = tmp_path / "cmyk.jpg"
     Image.open(photo_folder[0]).convert("CMYK").save(cmyk)
@@ -285,13 +316,13 @@ def test_reader_processes_return_every_chunk_in_order_read_or_decoded(photo_fold
     every other file (PNG, progressive, gray, EXIF-rotated) as the TrainDecoder's row, exactly; a vanished
     or broken file as an error naming the reason; chunks in order, received by a thread ahead of the
     caller or (read_ahead=0) by the caller."""
-    from edgecls.data.fill_workers import ERROR, JPEG, ROW, read_chunks
+    from edgecls.data.cache.fill_workers import ERROR, JPEG, ROW, read_chunks
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     paths = [*photo_folder, str(tmp_path / "vanished.jpg"), str(broken)]
     chunks = [paths[:3], paths[3:4], [], paths[4:], paths[:2]]
-    decoder = ic.TrainDecoder((40, 48), "bicubic")
+    decoder = TrainDecoder((40, 48), "bicubic")
     got = list(read_chunks(chunks, decoder.size, decoder.interpolation, processes=2, read_ahead=read_ahead))
     assert [len(c) for c in got] == [len(c) for c in chunks]
     for chunk, results in zip(chunks, got):
@@ -334,7 +365,7 @@ def test_reader_processes_import_from_where_the_training_process_does(photo_fold
     repo = str(Path(__file__).resolve().parents[1])
     png = next(p for p in photo_folder if p.endswith(".png"))
     code = (
-        "import sys; from edgecls.data.fill_workers import ROW, read_chunks; "
+        "import sys; from edgecls.data.cache.fill_workers import ROW, read_chunks; "
         "r = list(read_chunks([[sys.argv[1]]], (8, 8))); print(r[0][0].kind == ROW)"
     )
     done = subprocess.run(
@@ -350,7 +381,7 @@ def record_reader_processes(monkeypatch) -> list:
     """The list that every reader process read_chunks starts from now on is appended to."""
     import subprocess
 
-    from edgecls.data import fill_workers
+    from edgecls.data.cache import fill_workers
 
     started, real_popen = [], subprocess.Popen
 
@@ -364,7 +395,7 @@ def record_reader_processes(monkeypatch) -> list:
 
 @pytest.mark.parametrize("read_ahead", [0, 4])
 def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, monkeypatch, read_ahead):
-    from edgecls.data import fill_workers
+    from edgecls.data.cache import fill_workers
 
     started = record_reader_processes(monkeypatch)
     reads = fill_workers.read_chunks([photo_folder[:1]] * 400, (40, 48), processes=2, read_ahead=read_ahead)
@@ -376,14 +407,14 @@ def test_reader_processes_stop_when_the_fill_stops_or_they_die(photo_folder, mon
     assert not any(t.name == "edgecls-fill-receiver" for t in threading.enumerate())
 
     monkeypatch.setattr(fill_workers.sys, "executable", shutil.which("false"))
-    with pytest.raises(UserError, match="reader process .* ended early .*--cache-images ram"):
+    with pytest.raises(UserError, match="reader process .* ended early .*`cache_images` ram"):
         list(fill_workers.read_chunks([photo_folder[:1]], (40, 48), processes=1, read_ahead=read_ahead))
 
 
 def test_receiver_errors_and_dead_children_reach_the_consumer(photo_folder, monkeypatch):
     """With the receiver thread: an exception while receiving is raised at that chunk, a child killed mid-stream
     ends the reading with the one-line error, after the chunks already received; no thread is left."""
-    from edgecls.data import fill_workers
+    from edgecls.data.cache import fill_workers
 
     real_decode, calls = fill_workers.decode_frame, []
 
@@ -415,12 +446,12 @@ def test_receiver_errors_and_dead_children_reach_the_consumer(photo_folder, monk
 def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo_folder):
     """The "gpu" cache's fill, run with device=cpu (the same torchvision call); CUDA itself is exercised by
     benchmarks/gpu_train_speed.sh on a GPU machine."""
-    from edgecls.data.gpu_cache import build_on_device
+    from edgecls.data.cache.gpu import build_on_device
 
-    decoder = ic.TrainDecoder((40, 48))
+    decoder = TrainDecoder((40, 48))
     logs: list[str] = []
     built = build_on_device(photo_folder, decoder, torch.device("cpu"), workers=2, log=logs.append)
-    ref = ic.load_or_build(photo_folder, decoder, "ram", workers=1, log=lambda m: None)
+    ref = ic_decoded.load_or_build(photo_folder, decoder, "ram", workers=1, log=lambda m: None)
     assert built.mode == "gpu" and isinstance(built.pixels, torch.Tensor) and built.pixels.shape == (8, 40, 48, 3)
     assert np.array_equal(built.orig_sizes, ref.orig_sizes)  # upright (W, H) of every source, rotated one too
     assert "4 JPEGs decoded on the CPU (torchvision), 4 files by PIL" in logs[-1]
@@ -435,22 +466,22 @@ def test_device_cache_decodes_jpegs_with_torchvision_and_the_rest_with_pil(photo
 def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
     """A fill started in the background, in the loader's visiting order: every batch equals the one
     from a cache built up front (the loader waits for its rows), and nothing is left unwritten."""
-    from edgecls.data.gpu_cache import DeviceFill
-    from edgecls.engine.trainer import EpochStats, first_epoch_timings
+    from edgecls.data.cache.gpu import DeviceFill
+    from edgecls.data.loaders import fill_timings
 
     pre = Preprocess((32, 32), preset="kneron")
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
-    decoder = ic.TrainDecoder(ic.train_cache_size(pre, 0.6))
-    aug = ic.BatchAugment(pre, crop_scale=0.6)
+    decoder = TrainDecoder(ic_policy.train_cache_size(pre, 0.6))
+    aug = ic_augment.BatchAugment(pre, crop_scale=0.6)
     full = DeviceFill(paths, decoder, torch.device("cpu"), log=lambda m: None).run()
     streamed = DeviceFill(
-        paths, decoder, torch.device("cpu"), order=ic.shuffled_order(len(paths), 11), log=lambda m: None
+        paths, decoder, torch.device("cpu"), order=ic_loader.shuffled_order(len(paths), 11), log=lambda m: None
     ).start()
 
     def batches(images):
         return list(
-            ic.CachedLoader(
-                ic.CachedSet(images, labels),
+            ic_loader.CachedLoader(
+                ic_loader.CachedSet(images, labels),
                 64,
                 torch.device("cpu"),
                 preprocess=pre,
@@ -464,21 +495,20 @@ def test_streamed_fill_trains_the_first_epoch_on_rows_as_they_land(val_samples):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     streamed.fill.join()
     assert streamed.fill.finished and torch.equal(full.pixels, streamed.pixels)
-    timings = first_epoch_timings(EpochStats(1.0, 0.0, len(paths), 2.0, 0.5), (ic.CachedSet(streamed, labels),))
-    assert timings["first_epoch_s"] == 2.0 and timings["first_step_s"] == 0.5
+    timings = fill_timings(ic_loader.CachedSet(streamed, labels))
     assert timings["fill_s"] == round(streamed.fill.seconds, 3) > 0
     assert 0 <= timings["fill_first_wait_s"] <= timings["fill_wait_s"] == round(streamed.fill.wait_seconds, 3)
     assert timings["fill_nvjpeg_images"] == sum(p.lower().endswith(".jpg") for p in paths)
 
 
 def test_a_file_broken_after_the_scan_stops_the_streamed_fill_with_its_path(photo_folder, tmp_path):
-    from edgecls.data.gpu_cache import DeviceFill
+    from edgecls.data.cache.gpu import DeviceFill
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     paths = [*photo_folder, str(broken)]
-    images = DeviceFill(paths, ic.TrainDecoder((40, 48)), torch.device("cpu"), log=lambda m: None).start()
-    with pytest.raises(UserError, match=f"{broken}: could not be decoded for the image cache .*--cache-images none"):
+    images = DeviceFill(paths, TrainDecoder((40, 48)), torch.device("cpu"), log=lambda m: None).start()
+    with pytest.raises(UserError, match=f"{broken}: could not be decoded for the image cache .*`cache_images` none"):
         images.fill.wait_all()
 
 
@@ -490,9 +520,9 @@ def test_files_broken_after_the_scan_stop_the_ram_cache_with_their_paths(photo_f
         broken.append(tmp_path / f"broken{i}.png")
         broken[-1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(UserError) as exc:
-        ic.load_or_build([*photo_folder, *map(str, broken)], ic.TrainDecoder((40, 48)), "ram", log=lambda m: None)
+        ic_decoded.load_or_build([*photo_folder, *map(str, broken)], TrainDecoder((40, 48)), "ram", log=lambda m: None)
     message = str(exc.value)
-    assert message.endswith("--cache-images none")
+    assert message.endswith("`cache_images` none")
     if broken_count == 1:
         assert "\n" not in message and message.startswith(f"{broken[0]}: could not be decoded for the image cache (")
     else:
@@ -502,8 +532,8 @@ def test_files_broken_after_the_scan_stop_the_ram_cache_with_their_paths(photo_f
 
 def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monkeypatch):
     """With drop_last the epoch can end before the fill writes its last chunk: the timings wait for it."""
-    from edgecls.data import gpu_cache
-    from edgecls.engine.trainer import EpochStats, first_epoch_timings
+    from edgecls.data.cache import gpu as gpu_cache
+    from edgecls.data.loaders import fill_timings
 
     real_read_chunks = gpu_cache.read_chunks
 
@@ -516,22 +546,22 @@ def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monke
     monkeypatch.setattr(gpu_cache, "READ_CHUNK", 2)
     monkeypatch.setattr(gpu_cache, "read_chunks", slow_last_chunk)
     pre = Preprocess((32, 32), preset="kneron")
-    order = ic.shuffled_order(len(photo_folder), 5)
+    order = ic_loader.shuffled_order(len(photo_folder), 5)
     images = gpu_cache.DeviceFill(
-        photo_folder, ic.TrainDecoder((40, 48)), torch.device("cpu"), order=order, log=lambda m: None
+        photo_folder, TrainDecoder((40, 48)), torch.device("cpu"), order=order, log=lambda m: None
     ).start()
-    loader = ic.CachedLoader(
-        ic.CachedSet(images, [0] * len(photo_folder)),
+    loader = ic_loader.CachedLoader(
+        ic_loader.CachedSet(images, [0] * len(photo_folder)),
         3,
         torch.device("cpu"),
         preprocess=pre,
-        augment=ic.BatchAugment(pre),
+        augment=ic_augment.BatchAugment(pre),
         shuffle=True,
         seed=5,
         drop_last=True,
     )
     assert sum(len(y) for _, y in loader) == 6 and not images.fill.finished  # 2 rows still being read
-    timings = first_epoch_timings(EpochStats(1.0, 0.0, 6, 2.0, 0.5), (ic.CachedSet(images, [0] * len(photo_folder)),))
+    timings = fill_timings(ic_loader.CachedSet(images, [0] * len(photo_folder)))
     assert images.fill.finished and timings["fill_s"] >= 1.0
     assert timings["fill_nvjpeg_images"] == 4  # the four plain JPEGs; the others went to PIL
     # the epoch never waited for the slow last chunk, nor do the recorded waits include the join
@@ -541,14 +571,22 @@ def test_first_epoch_timings_wait_for_rows_the_epoch_dropped(photo_folder, monke
 def test_loader_over_a_resident_tensor_equals_the_numpy_cache(val_samples):
     pre = Preprocess((32, 32), preset="kneron")
     paths, labels = [p for p, _ in val_samples], [lbl for _, lbl in val_samples]
-    images = ic.load_or_build(paths, ic.TrainDecoder(ic.train_cache_size(pre, 0.6)), "ram", log=lambda m: None)
-    resident = ic.upload(images, torch.device("cpu"))
+    images = ic_decoded.load_or_build(
+        paths, TrainDecoder(ic_policy.train_cache_size(pre, 0.6)), "ram", log=lambda m: None
+    )
+    resident = ic_decoded.upload(images, torch.device("cpu"))
     assert isinstance(resident.pixels, torch.Tensor) and resident.nbytes == images.nbytes
-    aug = ic.BatchAugment(pre, crop_scale=0.6)
+    aug = ic_augment.BatchAugment(pre, crop_scale=0.6)
     batches = [
         list(
-            ic.CachedLoader(
-                ic.CachedSet(imgs, labels), 64, torch.device("cpu"), preprocess=pre, augment=aug, shuffle=True, seed=3
+            ic_loader.CachedLoader(
+                ic_loader.CachedSet(imgs, labels),
+                64,
+                torch.device("cpu"),
+                preprocess=pre,
+                augment=aug,
+                shuffle=True,
+                seed=3,
             )
         )
         for imgs in (images, resident)

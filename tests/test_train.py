@@ -19,16 +19,11 @@ from PIL import Image
 from edgecls.data.folder import scan_dataset
 from edgecls.data.presets import Preprocess
 from edgecls.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from edgecls.engine.config import TrainConfig
 from edgecls.engine.early_stopping import EarlyStopping
-from edgecls.engine.rundir import SUMMARY_FIELDS
-from edgecls.engine.trainer import (
-    TrainConfig,
-    class_weight_tensor,
-    fit,
-    freeze_backbone,
-    make_optimizer,
-    make_scheduler,
-)
+from edgecls.engine.optim import class_weight_tensor, freeze_backbone, make_optimizer, make_scheduler
+from edgecls.engine.recorder import SUMMARY_FIELDS
+from edgecls.engine.trainer import fit
 from edgecls.errors import UserError
 from edgecls.models import create_model
 
@@ -153,17 +148,17 @@ def test_early_stopping_rule():
 def test_early_stopping_fires_during_training(tiny_data, tmp_path):
     """lr 0: the weights never move, so val top-1 stalls and training stops after `patience` epochs."""
     result = fit(tiny_config(tiny_data, tmp_path / "run", optimizer="SGD", lr=0.0, epochs=30, patience=2, early_stop=1))
-    assert result["stopped_early"]
-    assert result["epochs_run"] == result["best_epoch"] + 2 < 30
+    assert result.stopped_early
+    assert result.epochs_run == result.best_epoch + 2 < 30
     rows = read_rows(tmp_path / "run")
-    assert len(rows) == result["epochs_run"]
-    best = float(rows[result["best_epoch"] - 1]["val_top1"])
-    assert all(float(r["val_top1"]) <= best for r in rows[result["best_epoch"] :])
+    assert len(rows) == result.epochs_run
+    best = float(rows[result.best_epoch - 1]["val_top1"])
+    assert all(float(r["val_top1"]) <= best for r in rows[result.best_epoch :])
 
 
 def test_early_stop_0_runs_every_epoch(tiny_data, tmp_path):
     result = fit(tiny_config(tiny_data, tmp_path / "run", optimizer="SGD", lr=0.0, epochs=3, patience=1, early_stop=0))
-    assert result["epochs_run"] == 3 and not result["stopped_early"]
+    assert result.epochs_run == 3 and not result.stopped_early
 
 
 # ----------------------------------------------------------------------------- data problems during training
@@ -183,7 +178,7 @@ def test_bad_files_are_skipped_and_listed_in_the_run_folder(digits_dir, tmp_path
     bad[2].write_bytes(b"not an image at all")
     bad[3].write_text("notes")
     result = fit(tiny_config(data, tmp_path / "run", epochs=2))
-    assert result["epochs_run"] == 2
+    assert result.epochs_run == 2
     listed = (tmp_path / "run" / "bad_files.txt").read_text().splitlines()
     assert sorted(line.split(": ")[0] for line in listed) == sorted(str(p) for p in bad)
     out = capsys.readouterr().out
@@ -218,7 +213,7 @@ def test_amp_and_label_smoothing_and_class_weights_run_on_cpu(tiny_data, tmp_pat
             warmup_epochs=1,
         )
     )
-    assert result["epochs_run"] == 1
+    assert result.epochs_run == 1
     row = read_rows(tmp_path / "run")[0]
     assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["val_loss"]))
 
@@ -288,7 +283,7 @@ def test_cosine_schedule_with_warmup(tmp_path):
 def test_default_run_folder_is_snapshots_date(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = fit(tiny_config(tiny_data, None, model_name="digits-fp"))
-    run = Path(result["run_dir"])
+    run = Path(result.run_dir)
     assert run.parent == Path("snapshots") and len(run.name) == len("20250101-120000")
     assert (tmp_path / run / "best.pth").is_file()
     assert yaml.safe_load((tmp_path / run / "args.yaml").read_text())["model_name"] == "digits-fp"
@@ -307,7 +302,7 @@ def test_plugin_backbone_trains_and_reloads(tiny_data, tmp_path):
             lr=1e-2,
         )
     )
-    assert result["epochs_run"] == 2
+    assert result.epochs_run == 2
     ckpt = load_checkpoint(tmp_path / "run" / "best.pth")
     assert ckpt["model"]["name"] == "tinynet" and ckpt["preprocess"]["input_size"] == [32, 32]
     model = model_from_checkpoint(ckpt, model_def_path=models_dir)

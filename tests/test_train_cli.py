@@ -11,8 +11,7 @@ import torch
 import yaml
 from conftest import run_cmd
 
-from edgecls.cli.common import parse_with_config
-from edgecls.cli.train import config_from_args, get_args_parser
+from edgecls.cli.train import get_args_parser, parse
 from edgecls.errors import UserError
 
 # A tiny, fast run: a few real digit images, FP_classifier at 32x32, one epoch, CPU.
@@ -156,10 +155,10 @@ def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
         )
     )
     argv = ["DATA", "--config", str(cfg), "--epochs", "5"]
-    args = parse_with_config(get_args_parser(), argv)
+    args = parse(argv)[0]
     assert args.epochs == 5  # the flag wins
     assert args.batch_size == 16 and args.optimizer == "ADAMW" and args.label_smoothing == 0.1 and args.hflip == 0.0
-    train_cfg = config_from_args(args, argv)
+    train_cfg = args
     assert train_cfg.epochs == 5 and train_cfg.batch_size == 16
     assert tuple(train_cfg.input_size) == (56, 32)
 
@@ -167,11 +166,11 @@ def test_config_file_sets_defaults_and_command_line_wins(tmp_path):
 def test_config_values_are_converted_like_command_line_values(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("input-size: 32\noptimizer: adamw\namp: true\nno-channels-last: true\nlr: 1e-2\n")
-    args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
+    args = parse(["DATA", "--config", str(cfg)])[0]
     assert args.input_size == (32, 32) and args.optimizer == "ADAMW" and args.amp is True
     assert args.channels_last is False and args.lr == 0.01
     cfg.write_text("class-weights: [1, 2.5, 1]\nsnapshot:\nmodel-name: 123\ninput-size: [56, 32]\nmodel-def-path:\n")
-    args = parse_with_config(get_args_parser(), ["DATA", "--config", str(cfg)])
+    args = parse(["DATA", "--config", str(cfg)])[0]
     assert args.class_weights == "1,2.5,1" and args.snapshot is None and args.model_name == "123"
     assert args.model_def_path == ""  # no value: like --model-def-path "" (no plugin folder), not the default
     assert args.input_size == (56, 32)
@@ -195,7 +194,7 @@ def test_config_values_are_converted_like_command_line_values(tmp_path):
 def test_bad_config_files_are_user_errors(tmp_path, text, match):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(UserError, match=match):
-        parse_with_config(get_args_parser(), ["DATA", "--config", str(tmp_path / "c.yaml")])
+        parse(["DATA", "--config", str(tmp_path / "c.yaml")])[0]
 
 
 # ----------------------------------------------------------------------------- error paths
@@ -485,21 +484,20 @@ def test_one_progress_bar_per_epoch_on_a_terminal(tmp_path, small_data):
 def test_cudnn_autotuning_is_off_unless_asked_for(tmp_path):
     """Off by default (measured: seconds more in epoch 1, the same later epochs); the flag or a config file
     turns it on, and --no-cudnn-benchmark wins over the file."""
-    parser = get_args_parser()
-    assert config_from_args(parser.parse_args(["D"]), ["D"]).cudnn_benchmark is False
-    assert config_from_args(parser.parse_args(["D", "--cudnn-benchmark"]), ["D"]).cudnn_benchmark is True
+    assert parse(["D"])[0].cudnn_benchmark is False
+    assert parse(["D", "--cudnn-benchmark"])[0].cudnn_benchmark is True
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({"cudnn-benchmark": True}))
-    assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is True
+    assert parse(["D", "--config", str(cfg)])[0].cudnn_benchmark is True
     argv = ["D", "--config", str(cfg), "--no-cudnn-benchmark"]
-    assert parse_with_config(get_args_parser(), argv).cudnn_benchmark is False
+    assert parse(argv)[0].cudnn_benchmark is False
     for key, value, expected in (
         ("no-cudnn-benchmark", True, False),
         ("no_cudnn_benchmark", False, True),
         ("cudnn_benchmark", False, False),
     ):
         cfg.write_text(yaml.safe_dump({key: value}))
-        assert parse_with_config(get_args_parser(), ["D", "--config", str(cfg)]).cudnn_benchmark is expected, key
+        assert parse(["D", "--config", str(cfg)])[0].cudnn_benchmark is expected, key
 
 
 ABBREVIATED = [  # a shortened flag that argparse's default would silently take for a longer one

@@ -6,23 +6,29 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from edgecls.errors import UserError
+from edgecls.settings import DefaultsHelpFormatter, describe_interval, parse_size, render_fields
+
+__all__ = ["DefaultsHelpFormatter", "parse_size", "run_cli"]
 
 
 def _short_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call main; a UserError prints one line and exits 2 (tracebacks are for bugs only)."""
+def run_cli(
+    main: Callable[[list[str] | None], int], argv: list[str] | None = None, flags: Mapping[str, str] | None = None
+) -> int:
+    """Call main; a UserError prints one line and exits 2 (tracebacks are for bugs only). The library names
+    settings as `field`; `flags` (field -> flag) turns them into the command's flag spellings."""
     warnings.showwarning = _short_warning
     try:
         return main(argv) or 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {render_fields(str(exc), flags or {})}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -48,15 +54,6 @@ def _stdout_closed() -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & select.POLLERR for _, events in poller.poll(0))
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" where it informs: not for None (the help says what happens) nor for on/off flags."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.nargs == 0 or "(default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -169,31 +166,4 @@ def require_in(args: argparse.Namespace, intervals: dict[str, str]) -> None:
         above = value > low if spec[0] == "(" else value >= low
         below = value < high if spec[-1] == ")" else value <= high
         if not (above and below):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: must be {_describe_interval(spec, low, high)}")
-
-
-def _describe_interval(spec: str, low: float, high: float) -> str:
-    def num(v: float) -> str:
-        return f"{v:g}"
-
-    lower = f"greater than {num(low)}" if spec[0] == "(" else f"at least {num(low)}"
-    if high == float("inf"):
-        return lower
-    upper = f"less than {num(high)}" if spec[-1] == ")" else f"at most {num(high)}"
-    if spec[0] == "[" and spec[-1] == "]":
-        return f"between {num(low)} and {num(high)}"
-    return f"{lower} and {upper}"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'224' -> (224, 224); '56x32' or '56,32' -> (56, 32) as H x W."""
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        nums = [int(v) for v in parts if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW, e.g. 224 or 56x32") from None
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) < 8:
-        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW with sides >= 8, e.g. 224 or 56x32")
-    return nums[0], nums[1]
+            raise UserError(f"--{dest.replace('_', '-')} {value}: must be {describe_interval(spec)}")

@@ -1,4 +1,4 @@
-"""Training-time augmentation; evaluation uses Preprocess.__call__ (deterministic)."""
+"""Training-time augmentation on PIL images; evaluation uses Preprocess.__call__ (deterministic)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgecls.data.crop import sample_boxes, target_ratios
 from edgecls.data.presets import INTERPOLATIONS, Preprocess
 
 
 class TrainTransform:
     """Random-resized-crop to the input size, optional horizontal flip, then normalize.
 
-    `crop_scale` is the smallest crop area fraction (1.0 = whole image, no crop).
-    Uses Python's `random` (seeded per worker by the DataLoader) so runs are reproducible.
+    `crop_scale` is the smallest crop area fraction (1.0 = whole image, no crop). The crop box comes
+    from the sampler the batched (cached) path uses (`edgecls.data.crop`). Randomness comes from
+    Python's `random` (seeded per worker by the DataLoader), so runs are reproducible.
     """
 
     def __init__(self, preprocess: Preprocess, hflip: float = 0.5, crop_scale: float = 0.6):
@@ -25,19 +27,11 @@ class TrainTransform:
         self.interp = INTERPOLATIONS[preprocess.interpolation]
 
     def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        h_out, w_out = self.preprocess.input_size
-        # Crops keep the aspect that evaluation sees: the image's own for "squash" (the whole
-        # image is stretched to HxW at eval), the output's for "center_crop".
-        target_ratio = width / height if self.preprocess.resize == "squash" else w_out / h_out
-        area = width * height
-        for _ in range(10):
-            frac = random.uniform(self.crop_scale, 1.0)
-            ratio = target_ratio * np.exp(random.uniform(np.log(3 / 4), np.log(4 / 3)))
-            w = int(round(np.sqrt(area * frac * ratio)))
-            h = int(round(np.sqrt(area * frac / ratio)))
-            if 0 < w <= width and 0 < h <= height:
-                return random.randint(0, width - w), random.randint(0, height - h), w, h
-        return 0, 0, width, height
+        generator = torch.Generator().manual_seed(random.getrandbits(63))
+        widths, heights = torch.tensor([width]), torch.tensor([height])
+        ratios = target_ratios(widths, heights, self.preprocess.resize, self.preprocess.input_size)
+        x, y, w, h = (int(v) for v in sample_boxes(widths, heights, self.crop_scale, ratios, generator)[0])
+        return x, y, w, h
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         h_out, w_out = self.preprocess.input_size

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from edgecls.atomic import atomic_write_text
+from edgecls.data.cache.policy import cache_root
 from edgecls.data.images import check_image
 from edgecls.errors import UserError
 
@@ -21,7 +22,7 @@ CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGECLS_CACHE_DIR", Path.home() / ".cache" / "edgecls")) / "verify"
+    return cache_root() / "verify"
 
 
 def _cache_file(paths: list[str]) -> Path:

@@ -2,12 +2,14 @@
 
     {"format": "edgecls-checkpoint/1",
      "model": {"name": "resnet18", "kwargs": {...}},
+     "task": "classify",
      "classes": ["ants", "bees"],
      "preprocess": {...Preprocess.to_dict()...},
      "state_dict": {...},
      "model_name": "..."             # optional: train.py --model-name
      "train": {...resume state...}   # optional
-     "metrics": {...}}               # optional
+     "metrics": {...}                # optional
+     "data": {"root", "train", "val"}}  # optional: the folders it was trained and validated on
 
 Loading always uses `torch.load(weights_only=True)`: a checkpoint can never run code.
 """
@@ -45,12 +47,17 @@ def make_checkpoint(
     train_state: dict | None = None,
     metrics: dict | None = None,
     model_name: str | None = None,
+    data: dict | None = None,
+    task: str = "classify",
 ) -> dict:
+    """data: where the training images came from ({"root", "train", "val"} folders), so export and eval
+    find the validation images from the checkpoint alone."""
     model = getattr(model, "module", model)  # unwrap DDP
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     ckpt = {
         "format": FORMAT,
         "model": {"name": backbone, "kwargs": dict(model_kwargs)},
+        "task": task,
         "classes": list(classes),
         "preprocess": preprocess.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -61,6 +68,8 @@ def make_checkpoint(
         ckpt["train"] = train_state
     if metrics is not None:
         ckpt["metrics"] = metrics
+    if data is not None:
+        ckpt["data"] = dict(data)
     return ckpt
 
 

@@ -149,7 +149,7 @@ def child_main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle; it stops us
     request = json.loads(sys.stdin.buffer.read())
     sys.path[:] = request["sys_path"]  # started isolated (-I): import PIL, numpy and edgecls where the parent does
-    from edgecls.data.train_decoder import TrainDecoder
+    from edgecls.data.cache.train_decoder import TrainDecoder
 
     decoder = TrainDecoder(tuple(request["size"]), request["interpolation"])
     out = sys.stdout.buffer
@@ -256,7 +256,7 @@ def read_chunks(
 
                 raise UserError(
                     f"the image cache's reader process ({os.path.abspath(__file__)}) ended early (exit code "
-                    f"{item.child.wait()}; its error, if any, is above); train with --cache-images ram "
+                    f"{item.child.wait()}; its error, if any, is above); train with `cache_images` ram "
                     f"to go without it"
                 )
             if isinstance(item, BaseException):

@@ -23,16 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecls.data.cache import (
-    DecodedImages,
-    TrainDecoder,
-    _decode_chunk,
-    cache_bytes,
-    load_or_build,
-    undecodable,
-    upload,
-)
-from edgecls.data.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
+from edgecls.data.cache.decoded import DecodedImages, decode_chunk, load_or_build, undecodable, upload
+from edgecls.data.cache.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
+from edgecls.data.cache.policy import cache_bytes
+from edgecls.data.cache.train_decoder import TrainDecoder
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
 READ_PROCESSES = 2  # child processes reading (and PIL-decoding) chunks: see fill_workers ...
@@ -168,7 +162,7 @@ class DeviceFill:
             self.pixels[torch.tensor(index, device=self.device)] = torch.from_numpy(pixels).to(self.device)
             self.sizes[index] = [r.size for _, r in decoded_rows]
         if refused:
-            _, rows, sizes, failed = _decode_chunk((self.decoder, 0, [self.paths[i] for i in refused], None))
+            _, rows, sizes, failed = decode_chunk((self.decoder, 0, [self.paths[i] for i in refused], None))
             if failed:
                 raise undecodable(failed)
             self.pixels[torch.tensor(refused, device=self.device)] = torch.from_numpy(rows).to(self.device)

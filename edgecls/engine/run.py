@@ -1,0 +1,344 @@
+"""Run: one training run, one method per step.
+
+    run = Run.setup(cfg)            # device, DDP, dataset scan, model, loaders, optimizer, run folder
+    run.restore(checkpoint)         # (resume) weights, optimizer, schedule, monitor and RNG states
+    stats = run.train_epoch(e)      # one epoch; metrics summed over ranks
+    val = run.validate()
+    run.end_epoch(e, metrics)       # best/last checkpoints, summary.csv, curves (RunRecorder)
+    run.stop(reason)                # asked by a callback: end after this epoch
+
+`edgecls.engine.trainer.fit` is the loop over these steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from edgecls.data.cache.policy import check_mode
+from edgecls.data.folder import bad_file_report, scan_dataset
+from edgecls.data.loaders import LoaderSettings, Ranks, build_loaders
+from edgecls.data.presets import Preprocess
+from edgecls.engine import distributed as dist_utils
+from edgecls.engine.checkpoint import load_initial_weights, make_checkpoint
+from edgecls.engine.config import TrainConfig
+from edgecls.engine.early_stopping import EarlyStopping
+from edgecls.engine.loops import autocast_dtype, evaluate, train_one_epoch
+from edgecls.engine.optim import freeze_backbone, make_loss, make_optimizer, make_scheduler
+from edgecls.engine.recorder import RunRecorder
+from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
+from edgecls.errors import UserError
+from edgecls.models import create_model, get_spec, load_plugins
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    best_top1: float | None
+    best_epoch: int
+    epochs_run: int  # by this invocation
+    stopped_early: bool
+    stop_reason: str | None
+    classes: list[str]
+    spec: str
+
+
+def resolve_device(gpu: int) -> torch.device:
+    if gpu is None or gpu < 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"`gpu` {gpu}: CUDA is not available on this machine; use `gpu` -1 for the CPU")
+    if gpu >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"`gpu` {gpu}: only {count} CUDA device(s); use 0..{count - 1}")
+    return torch.device("cuda", gpu)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return float("nan")
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The folder a new run writes: --snapshot-path, or snapshots/<date-time>; never one holding checkpoints."""
+    run_dir = Path(cfg.snapshot_path) if cfg.snapshot_path else Path("snapshots") / time.strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"`snapshot_path` {run_dir}: is a file; give a folder for the run")
+    if run_dir.exists() and any(run_dir.glob("*.pth")) and not cfg.exist_ok:
+        raise UserError(
+            f"`snapshot_path` {run_dir}: already holds checkpoints; use `resume` {run_dir} to continue it, "
+            "another `snapshot_path`, or `exist_ok` to overwrite"
+        )
+    return run_dir
+
+
+class Run:
+    """One training: device, distributed context, data, model, optimizer, schedule and run folder."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, log=None):
+        self.cfg = cfg
+        self.ctx = dist_utils.setup(cfg.gpu)
+        self.device = self.ctx.device if self.ctx.enabled else resolve_device(cfg.gpu)
+        self.is_main = dist_utils.is_main()
+        self.recorder = RunRecorder(run_dir, enabled=self.is_main)
+        self._log = log or (lambda message: print(message, flush=True))
+        self.start_epoch = 0
+        self.epochs_run = 0
+        self.stop_reason: str | None = None
+        self.monitor = EarlyStopping(patience=cfg.patience)
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup(cls, cfg: TrainConfig, run_dir: Path | None = None, resume_from: dict | None = None, log=None) -> Run:
+        """Check the settings, scan the data, build model, loaders and optimizer; write the run folder's
+        first files only once everything has been checked (a failed start leaves nothing)."""
+        cfg.check()
+        if not cfg.data:
+            raise UserError("`data`: give the dataset folder (DATASET/train/<class>/, DATASET/val/<class>/)")
+        load_plugins(cfg.model_def_path)
+        cfg.model_name = cfg.model_name or cfg.backbone
+        get_spec(cfg.backbone)  # a mistyped backbone fails before the (long) dataset scan
+        run = cls(cfg, run_dir if run_dir is not None else new_run_dir(cfg), log=log)
+        seed_everything(cfg.seed)
+        started = time.perf_counter()
+        run._scan()
+        scan_seconds = time.perf_counter() - started
+        run._build_model(load_snapshot=resume_from is None)
+        check_mode(cfg.cache_images, run.device)
+        if resume_from is not None and resume_from["classes"] != run.classes:
+            raise UserError(
+                f"`resume`: the dataset's classes {run.classes} differ from the checkpoint's {resume_from['classes']}"
+            )
+        run.recorder.start(cfg.to_dict(), run.classes, run.bad_report)
+        if run.bad_report:
+            n_bad = len(run.bad_report.splitlines())
+            where = run.recorder.path("bad_files.txt")
+            run.log(f"warning: skipped {n_bad} unreadable file(s) (listed in {where}):\n{run.bad_report}")
+        run._place_model()
+        first_epoch = resume_from["train"]["epoch"] + 1 if resume_from is not None else 0
+        run._build_loaders(first_epoch)
+        run.recorder.update_timings(
+            {"scan_s": round(scan_seconds, 3), **run.loaders.timings, "world_size": run.ctx.world_size}
+        )
+        run._build_optimization()
+        return run
+
+    def _scan(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.enabled and ctx.rank != 0:
+            dist_utils.barrier(ctx)  # rank 0 scans first; the others then read its verify cache
+        classes, splits = scan_dataset(cfg.data, splits=("train", "val"), workers=None)
+        if ctx.enabled and ctx.rank == 0:
+            dist_utils.barrier(ctx)
+        val = splits.get("val")
+        if val is None or not val.samples:
+            raise UserError(
+                f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)"
+            )
+        if len(classes) < 2:
+            raise UserError(
+                f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/"
+            )
+        self.classes, self.splits = classes, splits
+        self.counts = splits["train"].counts(len(classes))
+        self.bad_report = bad_file_report(splits)
+        empty = [name for name, n in zip(classes, self.counts) if n == 0]
+        if empty:
+            self.log(
+                f"warning: train/ has no readable images for class(es) {', '.join(empty)}; the model cannot learn them"
+            )
+
+    def _build_model(self, load_snapshot: bool) -> None:
+        cfg = self.cfg
+        spec = get_spec(cfg.backbone)
+        size = tuple(cfg.input_size) if cfg.input_size else spec.input_size
+        self.preprocess = Preprocess(input_size=size, preset=cfg.preprocess or spec.preprocess, resize=cfg.resize)
+        self.spec = spec
+        self.model = create_model(
+            cfg.backbone, num_classes=len(self.classes), pretrained=cfg.pretrained, **cfg.model_kwargs
+        )
+        if cfg.snapshot and load_snapshot:
+            skipped = load_initial_weights(self.model, cfg.snapshot)
+            if skipped:
+                self.log(
+                    f"snapshot: {len(skipped)} tensor(s) not loaded (shape or name differs): {', '.join(skipped[:6])}"
+                )
+        if cfg.freeze_backbone:
+            freeze_backbone(self.model)
+        if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise UserError(
+                f"`batch_size` 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
+                "training batch; use `batch_size` 2 or more"
+            )
+        self.criterion = make_loss(cfg, self.counts)  # a bad class_weights fails here, before any file is written
+
+    def _place_model(self) -> None:
+        self.model.to(self.device)
+        self.channels_last = self.cfg.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark
+        self.criterion = self.criterion.to(self.device)
+
+    def _build_loaders(self, first_epoch: int) -> None:
+        cfg = self.cfg
+        settings = LoaderSettings(cfg.batch_size, cfg.workers, cfg.cache_images, cfg.hflip, cfg.crop_scale, cfg.seed)
+        self.loaders = build_loaders(
+            self.splits["train"].samples,
+            self.splits["val"].samples,
+            self.preprocess,
+            settings,
+            device=self.device,
+            ranks=Ranks(self.ctx.rank, self.ctx.world_size),
+            first_epoch=first_epoch,
+            log=self.log,
+        )
+
+    def _build_optimization(self) -> None:
+        cfg = self.cfg
+        self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.loaders.steps_per_epoch)
+        fp16 = cfg.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.train_model = dist_utils.wrap_model(self.model, self.ctx)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.topk = min(cfg.topk, len(self.classes))
+
+    # ------------------------------------------------------------------ resume
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a last.pth: weights, optimizer, schedule, scaler, best-so-far and RNG states."""
+        state = ckpt["train"]
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.monitor.load_state_dict(state["early_stopping"])
+        set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        self.recorder.resume_history(self.start_epoch)  # summary rows are 1-based
+        self.log(f"resuming {self.recorder.run_dir} at epoch {self.start_epoch + 1}/{self.cfg.epochs}")
+
+    def train_state(self, epoch: int) -> dict:
+        """What last.pth needs for an exact resume after `epoch` (0-based)."""
+        return {
+            "epoch": epoch,
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "early_stopping": self.monitor.state_dict(),
+            "rng": rng_state(),
+        }
+
+    # ------------------------------------------------------------------ steps
+    def log(self, message: str) -> None:
+        if self.is_main:
+            self._log(message)
+
+    def describe(self) -> str:
+        h, w = self.preprocess.input_size
+        return (
+            f"training {self.cfg.backbone} on {len(self.loaders.train_set)} images ({len(self.classes)} classes), "
+            f"validating on {len(self.loaders.val_set)}; input {h}x{w}, device {self.device}, "
+            f"run folder {self.recorder.run_dir}"
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch (0-based); the figures are summed over ranks."""
+        seed_everything(self.loaders.epoch_seed(epoch))
+        loader = self.loaders.train(epoch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        first = epoch == self.start_epoch
+        stats = train_one_epoch(
+            self.train_model, loader, self.criterion, self.optimizer, self.scheduler, self.device,
+            amp=self.cfg.amp, scaler=self.scaler, channels_last=self.channels_last,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}", show_progress=sys.stderr.isatty() and self.is_main,
+            time_first_step=first,
+        )  # fmt: skip
+        if first:
+            self.recorder.update_timings(
+                {"first_epoch_s": round(stats.seconds, 3), "first_step_s": round(stats.first_step_seconds, 3),
+                 **self.loaders.fill_timings()}
+            )  # fmt: skip
+        loss, correct, seen = dist_utils.all_reduce_sum([stats.loss, stats.acc, float(stats.images)], self.ctx)
+        return {
+            "epoch": epoch + 1,
+            "train_loss": round(loss / seen, 6),
+            "train_acc": round(correct / seen, 6),
+            "lr": f"{lr:.6g}",
+            "images_per_s": round(seen / max(stats.seconds, 1e-9), 1),
+            "seconds": round(stats.seconds, 2),
+            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+        }
+
+    def validate(self) -> dict:
+        """Loss, top-1 and top-K on the val images (each counted once over all ranks)."""
+        # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
+        model = self.model if self.ctx.enabled else self.train_model
+        sums = evaluate(
+            model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last
+        )
+        loss, top1, topk, count = dist_utils.all_reduce_sum(
+            [sums.loss, float(sums.top1), float(sums.topk), float(sums.count)], self.ctx
+        )
+        return {
+            "val_loss": round(loss / count, 6),
+            "val_top1": round(top1 / count, 6),
+            "val_topk": round(topk / count, 6),
+        }
+
+    def checkpoint(self, metrics: dict) -> dict:
+        """The model as a self-describing checkpoint (backbone, classes, preprocessing, data, metrics)."""
+        cfg = self.cfg
+        return make_checkpoint(
+            self.model, backbone=cfg.backbone, model_kwargs=cfg.model_kwargs, classes=self.classes,
+            preprocess=self.preprocess, metrics=metrics, model_name=cfg.model_name,
+            data={"root": str(Path(cfg.data).resolve()), "train": str(self.splits["train"].root.resolve()),
+                  "val": str(self.splits["val"].root.resolve())},
+        )  # fmt: skip
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        """Record the epoch: best-so-far, checkpoints, summary row, curves. Adds 'is_best' to metrics."""
+        metrics["is_best"] = self.monitor.step(metrics["val_top1"], epoch + 1)
+        self.epochs_run += 1
+        saved = {"val_top1": metrics["val_top1"], f"val_top{self.topk}": metrics["val_topk"],
+                 "val_loss": metrics["val_loss"], "epoch": epoch + 1}  # fmt: skip
+        if self.is_main:
+            row = {k: metrics[k] for k in metrics if k != "is_best"}
+            self.recorder.record_epoch(row, self.checkpoint(saved), self.train_state(epoch), metrics["is_best"])
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current epoch (callbacks call this)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.log(reason)
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.cfg.early_stop and self.monitor.should_stop)
+
+    def result(self) -> RunResult:
+        return RunResult(
+            run_dir=str(self.recorder.run_dir), best_top1=self.monitor.best, best_epoch=self.monitor.best_epoch,
+            epochs_run=self.epochs_run, stopped_early=self.stopped_early, stop_reason=self.stop_reason,
+            classes=list(self.classes), spec=self.spec.name,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        dist_utils.cleanup(self.ctx)
