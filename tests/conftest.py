@@ -59,6 +59,19 @@ def trained_ckpt(trained_run) -> Path:
     return trained_run / "best.pth"
 
 
+def copy_digits(digits_dir: Path, dest: Path, digits: str = "0123", n_train: int = 24, n_val: int = 8) -> Path:
+    """dest/{train,val}/<digit>/: the first n real images per digit copied from the shared read-only fixture."""
+    import shutil
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        for digit in digits:
+            out = dest / split / digit
+            out.mkdir(parents=True)
+            for src in sorted((digits_dir / split / digit).iterdir())[:n]:
+                shutil.copy(src, out / src.name)
+    return dest
+
+
 def run_cmd(
     args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:

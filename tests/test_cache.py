@@ -212,7 +212,7 @@ def test_cached_train_loader_is_seeded_sharded_and_covers_every_image(val_sample
     assert sorted(y1.tolist()) == sorted(labels)
     assert -0.51 <= x1.min() and x1.max() <= 0.5  # kneron range
 
-    from edgecls.engine.distributed import ShardSampler
+    from edgecls.data.loaders import ShardSampler
 
     shards = [ShardSampler(len(data), r, 2) for r in (0, 1)]
     seen = [ic_loader.CachedLoader(data, 64, torch.device("cpu"), preprocess=pre, sampler=s) for s in shards]

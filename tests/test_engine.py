@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ast
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import copy_digits
 
 from edgecls.engine.callbacks import Callback
 from edgecls.engine.config import TrainConfig
@@ -20,14 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgecls"
 
 @pytest.fixture(scope="module")
 def small_data(digits_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("engine") / "data"
-    for split, n in (("train", 24), ("val", 8)):
-        for digit in "0123":
-            out = root / split / digit
-            out.mkdir(parents=True)
-            for src in sorted((digits_dir / split / digit).iterdir())[:n]:
-                shutil.copy(src, out / src.name)
-    return root
+    return copy_digits(digits_dir, tmp_path_factory.mktemp("engine") / "data")
 
 
 def config(data: Path, run: Path, **kw) -> TrainConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cmd
+from conftest import REPO, copy_digits, run_cmd
 
 from edgecls.engine.checkpoint import load_checkpoint
 
@@ -24,14 +24,7 @@ ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thread: bit-for-bi
 @pytest.fixture(scope="module")
 def resume_data(digits_dir, tmp_path_factory) -> Path:
     """Digits 0-3: 40 train and 8 val real images per class, copied from the shared fixture."""
-    root = tmp_path_factory.mktemp("resume") / "data"
-    for split, n in (("train", 40), ("val", 8)):
-        for digit in "0123":
-            out = root / split / digit
-            out.mkdir(parents=True)
-            for src in sorted((digits_dir / split / digit).iterdir())[:n]:
-                shutil.copy(src, out / src.name)
-    return root
+    return copy_digits(digits_dir, tmp_path_factory.mktemp("resume") / "data", n_train=40, n_val=8)
 
 
 def flags(data: Path, run: Path) -> list[str]:

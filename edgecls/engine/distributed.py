@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 
 from edgecls.errors import UserError
 
@@ -59,30 +58,6 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
     ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every world_size-th index from rank, unpadded: each evaluation sample counted exactly once."""
-
-    def __init__(self, length: int, rank: int, world_size: int):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def make_sampler(dataset, ctx: DistContext, shuffle: bool, seed: int):
-    """Training (shuffle): DistributedSampler (pads so ranks step together). Evaluation: ShardSampler."""
-    if not ctx.enabled:
-        return None
-    if not shuffle:
-        return ShardSampler(len(dataset), ctx.rank, ctx.world_size)
-    return DistributedSampler(
-        dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=False
-    )
 
 
 def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
