@@ -40,6 +40,7 @@ class Setting:
     kind: str = VALUE  # value | switch (store_true) | negated (store_false) | toggle (--x/--no-x) | positional
     required: bool = False
     cli: bool = True  # False: a library-only field, no flag
+    special: tuple = ()  # words allowed besides the numeric rules (lr: "auto")
 
 
 def setting(default: Any = None, help: str = "", **kw) -> Any:
@@ -100,7 +101,7 @@ def in_interval(value: float, spec: str) -> bool:
 
 def check_value(name: str, value: Any, s: Setting) -> None:
     """A one-line error naming the field when `value` breaks its setting's rules (None is always allowed)."""
-    if value is None:
+    if value is None or value in s.special:
         return
     if s.choices is not None and value not in s.choices:
         raise UserError(f"`{name}` {value!r}: choose one of {', '.join(map(str, s.choices))}")

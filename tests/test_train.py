@@ -22,6 +22,7 @@ from edgecls.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from edgecls.engine.config import TrainConfig
 from edgecls.engine.early_stopping import EarlyStopping
 from edgecls.engine.optim import class_weight_tensor, freeze_backbone, make_optimizer, make_scheduler
+from edgecls.engine.recipes import resolve_recipe
 from edgecls.engine.recorder import SUMMARY_FIELDS
 from edgecls.engine.trainer import fit
 from edgecls.errors import UserError
@@ -256,7 +257,7 @@ def test_class_weights():
 )
 def test_every_optimizer_takes_a_step(name, cls, tmp_path):
     model = nn.Linear(4, 2)
-    cfg = TrainConfig(data=str(tmp_path), optimizer=name, lr=0.1)
+    cfg, _ = resolve_recipe(TrainConfig(data=str(tmp_path), optimizer=name, lr=0.1))
     opt = make_optimizer(cfg, model.parameters())
     assert isinstance(opt, cls)
     before = model.weight.detach().clone()
@@ -268,6 +269,7 @@ def test_every_optimizer_takes_a_step(name, cls, tmp_path):
 def test_cosine_schedule_with_warmup(tmp_path):
     model = nn.Linear(2, 2)
     cfg = TrainConfig(data=str(tmp_path), optimizer="SGD", lr=1.0, epochs=10, warmup_epochs=1, scheduler="cosine")
+    cfg, _ = resolve_recipe(cfg)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt, steps_per_epoch=10)
     lrs = []
@@ -275,8 +277,8 @@ def test_cosine_schedule_with_warmup(tmp_path):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over epoch 1
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then never increases
+    assert lrs[0] == pytest.approx(0.01) and lrs[10] == pytest.approx(1.0)  # linear warmup over epoch 1
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never increases
     assert lrs[-1] == pytest.approx(0.01, abs=0.01)  # ends near 1 % of the base rate
 
 

@@ -12,6 +12,7 @@ COMMANDS = {
     "export": ("edgecls.cli.export", "checkpoint -> verified, NPU-ready ONNX (+ INT8)"),
     "serve": ("edgecls.cli.serve", "HTTP API and web page for a model"),
     "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
+    "lr-find": ("edgecls.cli.lr_find", "learning-rate range test: a suggested --lr and its chart"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
     "demo-data": ("edgecls.data.demo", "write the bundled demo digits as an image folder"),
 }
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.cli.common import run_cli
 
     module = importlib.import_module(COMMANDS[argv[0]][0])
+    if hasattr(module, "cli"):  # renders the library's field names as the command's flags
+        return module.cli(argv[1:])
     return run_cli(module.main, argv[1:])
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from edgecls.data.augment import make_eraser, make_policy
 from edgecls.data.cache import decoded, gpu, policy
 from edgecls.data.cache.augment import BatchAugment
 from edgecls.data.cache.loader import CachedLoader, CachedSet, shuffled_order
@@ -53,6 +54,8 @@ class LoaderSettings:
     hflip: float = 0.5
     crop_scale: float = 0.6
     seed: int = 0
+    augment: str | None = None  # none | light | trivial | randaugment (edgecls.data.augment)
+    random_erasing: float = 0.0
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -89,7 +92,11 @@ class Loaders:
         self.drop_last = (self.device.type == "cuda" or per_rank % bs == 1) and per_rank > bs
         self.steps_per_epoch = per_rank // bs if self.drop_last else math.ceil(per_rank / bs)
         s = self.settings
-        self.augment = BatchAugment(self.preprocess, hflip=s.hflip, crop_scale=s.crop_scale) if self.cached else None
+        self.augment = None
+        if self.cached:
+            self.augment = BatchAugment(
+                self.preprocess, s.hflip, s.crop_scale, make_policy(s.augment), make_eraser(s.random_erasing)
+            )
 
     @property
     def cached(self) -> bool:
@@ -151,6 +158,21 @@ class Loaders:
             persistent_workers=False,
         )
 
+    def calibration(self, images: int):
+        """Batches of up to `images` training images, a seeded random subset (the same every epoch), with
+        evaluation's preprocessing and no augmentation: what BatchNorm statistics are recomputed from."""
+        n = len(self.train_set)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.settings.seed))[: min(images, n)]
+        subset = order.tolist()  # in random order: batches of mixed classes, as training's
+        if self.cached:
+            plain = BatchAugment(self.preprocess, hflip=0.0, crop_scale=1.0)
+            return CachedLoader(
+                self.train_set, self.settings.batch_size, self.device, preprocess=self.preprocess, augment=plain,
+                sampler=subset,
+            )  # fmt: skip
+        dataset = torch.utils.data.Subset(FolderDataset(self.train_set.samples, self.preprocess), subset)
+        return self._data_loader(dataset, shuffle=False, seed=self.settings.seed)
+
     def fill_timings(self) -> dict:
         """When the gpu cache was filled during the first epoch: the fill's duration and how long training
         waited for rows (in all, and for the first batch); {} otherwise."""
@@ -202,7 +224,10 @@ def build_loaders(
                 f"image cache off: {total / 2**30:.1f} GiB of decoded images fit neither the RAM nor the disk "
                 "budget; decoding every epoch"
             )
-        transform = TrainTransform(preprocess, hflip=settings.hflip, crop_scale=settings.crop_scale)
+        transform = TrainTransform(
+            preprocess, settings.hflip, settings.crop_scale, make_policy(settings.augment),
+            make_eraser(settings.random_erasing),
+        )  # fmt: skip
         train_set, val_set = FolderDataset(train_samples, transform), FolderDataset(val_samples, preprocess)
         streamed = False
     else:

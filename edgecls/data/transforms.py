@@ -20,7 +20,9 @@ class TrainTransform:
     Python's `random` (seeded per worker by the DataLoader), so runs are reproducible.
     """
 
-    def __init__(self, preprocess: Preprocess, hflip: float = 0.5, crop_scale: float = 0.6):
+    def __init__(self, preprocess: Preprocess, hflip: float = 0.5, crop_scale: float = 0.6, policy=None, eraser=None):
+        self.policy = policy  # extra augmentation on the cropped PIL image (edgecls.data.augment)
+        self.eraser = eraser  # random erasing on the normalized tensor
         self.preprocess = preprocess
         self.hflip = hflip
         self.crop_scale = crop_scale
@@ -42,4 +44,7 @@ class TrainTransform:
             img = self.preprocess.resize_image(img)
         if self.hflip > 0 and random.random() < self.hflip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(self.preprocess.normalize_uint8(np.asarray(img, np.uint8)))
+        if self.policy is not None:
+            img = self.policy(img)
+        x = torch.from_numpy(self.preprocess.normalize_uint8(np.asarray(img, np.uint8)))
+        return self.eraser(x) if self.eraser is not None else x

@@ -44,9 +44,10 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, run, metrics: dict) -> None:
         m, k = metrics, run.topk
+        ema = f" (raw {m['val_top1_raw']:.4f}, EMA {m['val_top1_ema']:.4f})" if m.get("val_top1_ema") != "" else ""
         run.log(
             f"epoch {m['epoch']}/{run.cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
-            f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.4f} top-{k} {m['val_topk']:.4f}  "
+            f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.4f}{ema} top-{k} {m['val_topk']:.4f}  "
             f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s" + ("  *best*" if m["is_best"] else "")
         )
 
@@ -78,10 +79,43 @@ class FinalTable(Callback):
         print(f"  val top-1       {float(best['val_top1']):.4f}")
         print(f"  val top-{k:<7} {float(best['val_topk']):.4f}")
         print(f"  val loss        {float(best['val_loss']):.4f}")
+        if best.get("weights") == "ema":
+            print("  weights         EMA (the moving average scored higher than the raw weights)")
         print(f"  epochs run      {len(rows)}")
         print(f"  best model      {run_dir / 'best.pth'}")
         print(f"  run folder      {run_dir}  (summary.csv, curves.png, args.yaml, class_id.json)\n", flush=True)
 
 
-def default_callbacks() -> list[Callback]:
-    return [EpochLog(), EarlyStop(), FinalTable()]
+class TensorBoardLog(Callback):
+    """`tensorboard`: every numeric epoch figure as a scalar in RUN/tensorboard (rank 0 only)."""
+
+    def __init__(self):
+        self.writer = None
+
+    def on_train_start(self, run) -> None:
+        if not run.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # present: checked before the run started
+
+        self.writer = SummaryWriter(log_dir=str(run.recorder.path("tensorboard")))
+
+    def on_epoch_end(self, run, metrics: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if key not in ("epoch", "is_best"):
+                self.writer.add_scalar(key, number, metrics["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, run, result) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def default_callbacks(cfg=None) -> list[Callback]:
+    extra = [TensorBoardLog()] if cfg is not None and cfg.tensorboard else []
+    return [EpochLog(), EarlyStop(), *extra, FinalTable()]

@@ -9,7 +9,8 @@
      "model_name": "..."             # optional: train.py --model-name
      "train": {...resume state...}   # optional
      "metrics": {...}                # optional
-     "data": {"root", "train", "val"}}  # optional: the folders it was trained and validated on
+     "data": {"root", "train", "val"}  # optional: the folders it was trained and validated on
+     "recipe": {"name", "sources"}}    # optional: the training recipe and which settings came from it
 
 Loading always uses `torch.load(weights_only=True)`: a checkpoint can never run code.
 """
@@ -49,6 +50,7 @@ def make_checkpoint(
     model_name: str | None = None,
     data: dict | None = None,
     task: str = "classify",
+    recipe: dict | None = None,
 ) -> dict:
     """data: where the training images came from ({"root", "train", "val"} folders), so export and eval
     find the validation images from the checkpoint alone."""
@@ -70,6 +72,8 @@ def make_checkpoint(
         ckpt["metrics"] = metrics
     if data is not None:
         ckpt["data"] = dict(data)
+    if recipe is not None:
+        ckpt["recipe"] = dict(recipe)
     return ckpt
 
 

@@ -6,16 +6,36 @@ the library agree. The field names are Kneron's flag names with underscores.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 
 from edgecls.data.cache.policy import MODES as CACHE_MODES
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.settings import NEGATED, POSITIONAL, SWITCH, TOGGLE, check, parse_size, setting
 
-OPTIMIZERS = ("SGD", "ASGD", "ADAM", "ADAMW")
-SCHEDULERS = ("cosine", "step", "none")
 
-MODEL, OPTIM, STOP, HARDWARE = "model", "optimization", "stopping and checkpoints", "hardware"
+def parse_lr(text: str) -> float | str:
+    """A learning rate, or "auto" for the LR range test."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number such as 0.001, or auto") from None
+
+
+OPTIMIZERS = ("SGD", "ASGD", "ADAM", "ADAMW")
+SCHEDULERS = ("slanted-triangular", "onecycle", "cosine", "step", "none")
+RECIPES = ("kneron", "finetune", "scratch")
+AUGMENTS = ("none", "light", "trivial", "randaugment")
+
+MODEL, OPTIM, AUGMENT, STOP, HARDWARE = (
+    "model",
+    "recipe and optimization",
+    "augmentation",
+    "stopping and checkpoints",
+    "hardware",
+)
 
 # What `--resume` may change: where things are and how fast they run, never what is trained. Every other
 # setting given on resume must equal the run's recorded value.
@@ -34,7 +54,11 @@ class TrainConfig:
     )
     model_def_path: str | None = setting("./models/", "folder of plugin .py files that register backbones", group=MODEL)
     pretrained: bool = setting(
-        False, "start from installed ImageNet weights (efficientnet-lite0)", group=MODEL, kind=SWITCH
+        False,
+        "start from ImageNet weights: efficientnet-lite0/1/2 from their packages, resnet18/50 and mobilenetv2 "
+        "from the torch hub cache ($TORCH_HOME)",
+        group=MODEL,
+        kind=SWITCH,
     )
     snapshot: str | None = setting(
         None, "initial weights: an edgecls checkpoint or a state_dict file", group=MODEL, metavar="PTH"
@@ -47,24 +71,104 @@ class TrainConfig:
         None, "normalization preset (default: the backbone's)", group=MODEL, choices=tuple(sorted(PRESETS))
     )
     resize: str = setting("squash", "eval resize: squash to HxW or center_crop", group=MODEL, choices=RESIZE_POLICIES)
-    # ---- optimization
+    # ---- recipe and optimization (None: the recipe's value; see edgecls/engine/recipes.py)
+    recipe: str | None = setting(
+        None,
+        "training recipe: kneron (Kneron's defaults: SGD, lr 1e-3, ...), finetune (LP-FT for pretrained weights) or "
+        "scratch; default: finetune with --pretrained or --snapshot, else scratch. A flag given explicitly wins over "
+        "the recipe",
+        group=OPTIM,
+        choices=RECIPES,
+    )
     epochs: int = setting(100, "maximum epochs", group=OPTIM, parse=int, at_least=1)
     batch_size: int = setting(64, "images per step (per process under torchrun)", group=OPTIM, parse=int, at_least=1)
-    lr: float = setting(1e-3, "learning rate (>= 0)", group=OPTIM, parse=float, within="[0, inf)")
-    optimizer: str = setting("SGD", "optimizer", group=OPTIM, parse=str.upper, choices=OPTIMIZERS)
-    momentum: float = setting(0.9, "SGD momentum, in [0, 1)", group=OPTIM, parse=float, within="[0, 1)")
-    weight_decay: float = setting(1e-4, "weight decay", group=OPTIM, parse=float, within="[0, inf)")
-    scheduler: str = setting("cosine", "learning-rate schedule (per step)", group=OPTIM, choices=SCHEDULERS)
-    warmup_epochs: int = setting(0, "linear warmup epochs", group=OPTIM, parse=int, at_least=0)
+    lr: float | str | None = setting(
+        None,
+        "peak learning rate of the head (>= 0), or auto: run the LR range test (edgecls lr-find) first and use its "
+        "suggestion (default: the recipe's)",
+        group=OPTIM,
+        parse=parse_lr,
+        within="[0, inf)",
+        special=("auto",),
+    )
+    optimizer: str | None = setting(
+        None, "optimizer (default: the recipe's)", group=OPTIM, parse=str.upper, choices=OPTIMIZERS
+    )
+    momentum: float | None = setting(None, "SGD momentum, in [0, 1)", group=OPTIM, parse=float, within="[0, 1)")
+    weight_decay: float | None = setting(None, "weight decay", group=OPTIM, parse=float, within="[0, inf)")
+    layer_decay: float | None = setting(
+        None,
+        "discriminative learning rates: each parameter stage below the head trains at this times the rate of the "
+        "stage above it (1: one rate for all)",
+        group=OPTIM,
+        parse=float,
+        within="(0, 1]",
+    )
+    head_epochs: int | None = setting(
+        None,
+        "epochs that train only the head before the whole network (LP-FT's linear-probe phase; 0: none)",
+        group=OPTIM,
+        parse=int,
+        at_least=0,
+    )
+    probe_init: bool | None = setting(
+        None,
+        "before training, fit the new head by logistic regression on the frozen backbone's features of the "
+        "training images (the linear probe of LP-FT)",
+        group=OPTIM,
+        kind=TOGGLE,
+    )
+    gradual_unfreeze: bool | None = setting(
+        None,
+        "unfreeze one parameter stage per epoch from the top (epoch 1 trains the head only)",
+        group=OPTIM,
+        kind=TOGGLE,
+    )
+    scheduler: str | None = setting(
+        None, "learning-rate schedule, stepped per batch (default: the recipe's)", group=OPTIM, choices=SCHEDULERS
+    )
+    warmup_epochs: float | None = setting(
+        None, "linear warmup epochs (fractions allowed)", group=OPTIM, parse=float, at_least=0
+    )
+    model_ema: bool | None = setting(
+        None,
+        "keep an exponential moving average of the weights (decay from the step count); validation reports both and "
+        "the better one is saved",
+        group=OPTIM,
+        kind=TOGGLE,
+    )
+    bn_recalibrate: int = setting(
+        256,
+        "after each epoch, recompute the BatchNorm statistics from this many training images (evaluation's "
+        "preprocessing) so that they describe the trained weights; 0: keep the running averages",
+        group=OPTIM,
+        parse=int,
+        at_least=0,
+    )
     loss: str = setting("cross_entropy", "loss function", group=OPTIM, choices=("cross_entropy",))
-    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", group=OPTIM, parse=float, within="[0, 1)")
+    label_smoothing: float | None = setting(
+        None, "cross-entropy label smoothing", group=OPTIM, parse=float, within="[0, 1)"
+    )
     class_weights: str = setting("none", "none | balanced | comma list, one weight per class", group=OPTIM)
+    # ---- augmentation
     hflip: float = setting(
-        0.5, "horizontal flip probability (0 for digits/text)", group=OPTIM, parse=float, within="[0, 1]"
+        0.5, "horizontal flip probability (0 for digits/text)", group=AUGMENT, parse=float, within="[0, 1]"
     )
-    crop_scale: float = setting(
-        0.6, "smallest random-resized-crop area (1.0: no crop)", group=OPTIM, parse=float, within="(0, 1]"
+    crop_scale: float | None = setting(
+        None, "smallest random-resized-crop area (1.0: no crop)", group=AUGMENT, parse=float, within="(0, 1]"
     )
+    augment: str | None = setting(
+        None,
+        "extra augmentation: none, light (colour jitter), trivial (TrivialAugmentWide) or randaugment (RandAugment)",
+        group=AUGMENT,
+        choices=AUGMENTS,
+    )
+    random_erasing: float | None = setting(
+        None, "probability of erasing a random rectangle of each training image", group=AUGMENT, parse=float,
+        within="[0, 1]",
+    )  # fmt: skip
+    mixup: float = setting(0.0, "mixup alpha (0: off)", group=AUGMENT, parse=float, within="[0, inf)")
+    cutmix: float = setting(0.0, "cutmix alpha (0: off)", group=AUGMENT, parse=float, within="[0, inf)")
     # ---- stopping and checkpoints
     early_stop: int = setting(1, "1: stop when val top-1 stalls", group=STOP, choices=(0, 1), parse=int)
     patience: int = setting(
@@ -108,6 +212,10 @@ class TrainConfig:
         kind=TOGGLE,
     )
     seed: int = setting(0, "random seed (data order, augmentation, init)", group=HARDWARE, parse=int)
+    tensorboard: bool = setting(
+        False, "also write TensorBoard event files to RUN/tensorboard (needs the tensorboard package)", group=STOP,
+        kind=SWITCH,
+    )  # fmt: skip
     # ---- library only
     model_kwargs: dict = setting({}, "keyword arguments for the backbone's builder", cli=False)
 
@@ -131,4 +239,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """A config recorded by to_dict (args.yaml, a checkpoint); keys of older versions are ignored."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "recipe" not in d:  # recorded before recipes existed: those runs trained with Kneron's defaults
+            known["recipe"] = "kneron"
         return cls(**known)

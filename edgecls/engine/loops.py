@@ -55,9 +55,14 @@ def train_one_epoch(
     desc="train",
     show_progress=False,
     time_first_step=False,
+    mixer=None,
+    after_step=None,
+    should_stop=None,
 ) -> EpochStats:
     """One pass over `loader`. time_first_step: wait for the first step's GPU work (one host sync) to record
-    how long it took; asked for in the first epoch a run trains, which timings.json reports."""
+    how long it took; asked for in the first epoch a run trains, which timings.json reports. mixer: mixup /
+    cutmix on each batch (soft labels). after_step(): called after every optimizer step (the EMA update).
+    should_stop(): checked between steps; True ends the epoch early (an interrupt)."""
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -68,11 +73,16 @@ def train_one_epoch(
     for step, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if mixer is not None:
+            images, targets = mixer(images, labels)
+            labels = targets.argmax(1)  # the dominant class, for the training accuracy
+        else:
+            targets = labels
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=amp):
             logits = model(images)
-            loss = criterion(logits.float(), labels)
+            loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -82,6 +92,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         n = labels.shape[0]
         seen += n
         total_loss += loss.detach().double() * n
@@ -97,6 +109,8 @@ def train_one_epoch(
                 acc=f"{correct.item() / seen:.3f}",
                 img_s=f"{seen / max(elapsed, 1e-9):.0f}",
             )
+        if should_stop is not None and should_stop():
+            break
     return EpochStats(total_loss.item(), float(correct.item()), seen, time.perf_counter() - start, first_step)
 
 

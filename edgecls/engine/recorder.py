@@ -26,6 +26,9 @@ SUMMARY_FIELDS = [
     "val_loss",
     "val_top1",
     "val_topk",
+    "val_top1_raw",
+    "val_top1_ema",
+    "weights",
     "lr",
     "images_per_s",
     "seconds",
@@ -64,14 +67,14 @@ class RunRecorder:
         if self.enabled:
             atomic_write_text(json.dumps(self.timings, indent=2) + "\n", self.path("timings.json"))
 
-    def record_epoch(self, row: dict, checkpoint: dict, train_state: dict, is_best: bool) -> None:
-        """best.pth (when it is the best), last.pth with the resume state, summary.csv and curves.png."""
+    def record_epoch(self, row: dict, last: dict, train_state: dict, best: dict | None = None) -> None:
+        """best.pth (given when this epoch is the best), last.pth with the resume state, summary.csv, curves."""
         self.history.append(row)
         if not self.enabled:
             return
-        if is_best:
-            save_checkpoint(checkpoint, self.path("best.pth"))
-        save_checkpoint({**checkpoint, "train": train_state}, self.path("last.pth"))
+        if best is not None:
+            save_checkpoint(best, self.path("best.pth"))
+        save_checkpoint({**last, "train": train_state}, self.path("last.pth"))
         write_summary(self.history, self.path("summary.csv"))
         plot_curves(self.history, self.path("curves.png"))
 

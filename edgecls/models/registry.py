@@ -28,6 +28,7 @@ class ModelSpec:
     description: str = ""
     source: str = "builtin"
     defaults: dict = field(default_factory=dict)
+    stages: Callable[[nn.Module], list[list[str]]] | None = None  # parameter names, stem -> head (models/stages.py)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -45,8 +46,12 @@ def register_model(
     preprocess: str = "imagenet",
     has_pretrained: bool = False,
     description: str = "",
+    stages: Callable[[nn.Module], list[list[str]]] | None = None,
 ):
-    """Decorator: `@register_model("resnet18", input_size=(224, 224))` over `fn(num_classes, **kw)`."""
+    """Decorator: `@register_model("resnet18", input_size=(224, 224))` over `fn(num_classes, **kw)`.
+
+    stages: optional fn(model) -> lists of parameter names from stem to head, for layer-wise learning
+    rates and gradual unfreezing; without it they are found by feature-map resolution (models/stages.py)."""
 
     def wrap(fn: Callable[..., nn.Module]):
         _REGISTRY[name] = ModelSpec(
@@ -57,6 +62,7 @@ def register_model(
             has_pretrained=has_pretrained,
             description=description or _first_line(fn.__doc__),
             source=getattr(fn, "__module__", "builtin"),
+            stages=stages,
         )
         return fn
 

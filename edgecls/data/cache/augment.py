@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgecls.data.augment import apply_per_image, erase_per_image
 from edgecls.data.crop import sample_boxes, target_ratios
 from edgecls.data.presets import Preprocess
 
@@ -17,7 +18,9 @@ from edgecls.data.presets import Preprocess
 class BatchAugment:
     """Random-resized crop + horizontal flip + normalize on a uint8 NxHxWx3 batch, in one grid_sample."""
 
-    def __init__(self, preprocess: Preprocess, hflip: float = 0.5, crop_scale: float = 0.6):
+    def __init__(self, preprocess: Preprocess, hflip: float = 0.5, crop_scale: float = 0.6, policy=None, eraser=None):
+        self.policy = policy  # per-image extra augmentation on uint8 pixels (edgecls.data.augment)
+        self.eraser = eraser  # per-image random erasing on the normalized tensor
         self.out_h, self.out_w = preprocess.input_size
         self.resize = preprocess.resize
         self.hflip = hflip
@@ -58,7 +61,10 @@ class BatchAugment:
         x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
         if self.mode == "bicubic":
             x = x.clamp(0, 255)
-        return (x - _to_device(self.mean, device)) / _to_device(self.std, device)
+        if self.policy is not None:
+            x = apply_per_image(self.policy, x.round().clamp(0, 255).to(torch.uint8)).float()
+        x = (x - _to_device(self.mean, device)) / _to_device(self.std, device)
+        return erase_per_image(self.eraser, x) if self.eraser is not None else x
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

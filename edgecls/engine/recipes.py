@@ -1,0 +1,77 @@
+"""Training recipes: named sets of defaults for the settings a user rarely wants to choose by hand.
+
+- kneron:   Kneron's ai_training defaults, exactly (SGD, lr 1e-3, momentum 0.9, cosine, no extras).
+- finetune: for pretrained weights (--pretrained or --snapshot). LP-FT (Kumar et al., ICLR 2022): the
+            head trains alone first, then the whole network with discriminative learning rates (each stage
+            below the head at `layer_decay` times the rate above it), AdamW, warmup + cosine, label
+            smoothing, light colour jitter and an EMA of the weights. Chosen by measurement on held-out
+            real photos: benchmarks/finetune_quality.py, docs/training.md.
+- scratch:  random initialisation: AdamW, warmup + cosine, label smoothing, stronger crops.
+
+A setting left as None takes the recipe's value; one the user gave (flag or config file) always wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from edgecls.engine.config import TrainConfig
+
+RECIPES: dict[str, dict] = {
+    "kneron": {
+        "optimizer": "SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "layer_decay": 1.0,
+        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "scheduler": "cosine",
+        "warmup_epochs": 0.0, "model_ema": False, "label_smoothing": 0.0, "crop_scale": 0.6, "augment": "none",
+        "random_erasing": 0.0,
+    },
+    "finetune": {
+        "optimizer": "ADAMW", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 0.7,
+        "head_epochs": 1, "probe_init": True, "gradual_unfreeze": False, "scheduler": "cosine",
+        "warmup_epochs": 1.0, "model_ema": True, "label_smoothing": 0.1, "crop_scale": 0.35, "augment": "light",
+        "random_erasing": 0.0,
+    },
+    "scratch": {
+        "optimizer": "ADAMW", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 1.0,
+        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "scheduler": "cosine",
+        "warmup_epochs": 1.0, "model_ema": False, "label_smoothing": 0.1, "crop_scale": 0.35, "augment": "light",
+        "random_erasing": 0.0,
+    },
+}  # fmt: skip
+RECIPE_FIELDS = tuple(RECIPES["kneron"])
+
+
+def default_recipe(cfg: TrainConfig) -> str:
+    """finetune when the run starts from pretrained weights, else scratch."""
+    return "finetune" if (cfg.pretrained or cfg.snapshot) else "scratch"
+
+
+def resolve_recipe(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+    """(the settings with every recipe field filled, where each came from: "given" or "recipe")."""
+    name = cfg.recipe or default_recipe(cfg)
+    values, sources = {}, {}
+    for field in RECIPE_FIELDS:
+        given = getattr(cfg, field)
+        values[field] = given if given is not None else RECIPES[name][field]
+        sources[field] = "given" if given is not None else "recipe"
+    sources["recipe"] = "given" if cfg.recipe else "default"
+    return replace(cfg, recipe=name, **values), sources
+
+
+def describe(cfg: TrainConfig, sources: dict[str, str]) -> str:
+    """One line for the log: the recipe, why it was chosen, and which settings came from it."""
+    why = "given" if sources.get("recipe") == "given" else (
+        "the run starts from pretrained weights" if cfg.recipe == "finetune" else "random initialisation"
+    )  # fmt: skip
+    from_recipe = [f"{f.replace('_', '-')}={getattr(cfg, f)}" for f in RECIPE_FIELDS if sources[f] == "recipe"]
+    given = [f"{f.replace('_', '-')}={getattr(cfg, f)}" for f in RECIPE_FIELDS if sources[f] != "recipe"]
+    parts = [f"recipe {cfg.recipe} ({why})"]
+    if from_recipe:
+        parts.append("from the recipe: " + " ".join(from_recipe))
+    if given:
+        parts.append("given: " + " ".join(given))
+    return "; ".join(parts)
+
+
+def recipe_record(cfg: TrainConfig, sources: dict[str, str]) -> dict:
+    """What checkpoints and args.yaml keep of the recipe."""
+    return {"name": cfg.recipe, "sources": dict(sources)}
