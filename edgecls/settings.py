@@ -138,8 +138,10 @@ def build_parser(
     config: bool = True,
     suppress: bool = False,
     config_group: str | None = None,
+    help_notes: dict[str, str] | None = None,
 ) -> argparse.ArgumentParser:
-    """The argparse parser for a settings dataclass. suppress=True: no defaults (to learn what was given)."""
+    """The argparse parser for a settings dataclass. suppress=True: no defaults (to learn what was given);
+    help_notes: text appended to some fields' help (field name -> note)."""
     p = argparse.ArgumentParser(
         allow_abbrev=False, prog=prog, description=description, epilog=epilog, formatter_class=DefaultsHelpFormatter
     )
@@ -151,9 +153,11 @@ def build_parser(
             p.add_argument(f.name, metavar=s.metavar or f.name.upper(), help=s.help, type=s.parse, **kw)
     if config and config_group is None:
         add_config_flag(p)
+    notes = help_notes or {}
     for f, s in entries:
         if s.kind == POSITIONAL:
             continue
+        help_text = f"{s.help} ({notes[f.name]})" if f.name in notes else s.help
         if s.group not in groups:
             groups[s.group] = p.add_argument_group(s.group)
         if config and config_group == s.group and CONFIG not in groups:
@@ -163,11 +167,11 @@ def build_parser(
         default = argparse.SUPPRESS if suppress else _default(f)
         flags = list(s.flags) or ["--" + f.name.replace("_", "-")]
         if s.kind == SWITCH:
-            g.add_argument(*flags, dest=f.name, action="store_true", default=default, help=s.help)
+            g.add_argument(*flags, dest=f.name, action="store_true", default=default, help=help_text)
         elif s.kind == NEGATED:
-            g.add_argument(*flags, dest=f.name, action="store_false", default=default, help=s.help)
+            g.add_argument(*flags, dest=f.name, action="store_false", default=default, help=help_text)
         elif s.kind == TOGGLE:
-            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=s.help)
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             g.add_argument(
                 *flags,
@@ -177,7 +181,7 @@ def build_parser(
                 choices=s.choices,
                 metavar=s.metavar,
                 required=s.required and not suppress,
-                help=s.help,
+                help=help_text,
             )
     return p
 

@@ -54,13 +54,13 @@ KNERON_DEFAULTS = {
     "early_stop": 1,
     "patience": 7,
     "model_name": None,
-    "lr": 1e-3,
+    "lr": None,  # the recipe's: 1e-3 under --recipe kneron
     "model_def_path": "./models/",
     "snapshot": None,
     "epochs": 100,
     "batch_size": 64,
     "snapshot_path": None,
-    "optimizer": "SGD",
+    "optimizer": None,  # the recipe's: SGD under --recipe kneron (test below)
     "loss": "cross_entropy",
     # additions users of such scripts expect
     "resume": None,
@@ -68,7 +68,7 @@ KNERON_DEFAULTS = {
     "input_size": None,
     "pretrained": False,
     "preprocess": None,
-    "label_smoothing": 0.0,
+    "label_smoothing": None,
     "class_weights": "none",
     "amp": False,
     "config": None,
@@ -81,6 +81,16 @@ def test_flag_defaults_match_kneron():
     for dest, value in KNERON_DEFAULTS.items():
         assert getattr(args, dest) == value, dest
     assert isinstance(args.workers, int) and args.workers >= 0
+
+
+def test_recipe_kneron_keeps_kneron_training_defaults():
+    from edgecls.engine.config import TrainConfig
+    from edgecls.engine.recipes import resolve_recipe
+
+    cfg, sources = resolve_recipe(TrainConfig(data="DATA", recipe="kneron"))
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.label_smoothing) == ("SGD", 1e-3, 0.9, 0.0)
+    assert (cfg.scheduler, cfg.head_epochs, cfg.model_ema, cfg.augment) == ("cosine", 0, False, "none")
+    assert sources["lr"] == "recipe" and sources["recipe"] == "given"
 
 
 @pytest.mark.parametrize("name", ["sgd", "ASGD", "adam", "AdamW"])
@@ -128,11 +138,11 @@ def test_help_documents_every_flag_with_its_default():
     for default in [
         "(default: -1)",
         "(default: 7)",
-        "(default: 0.001)",
+        "kneron 0.001",
         "(default: ./models/)",
         "(default: 100)",
         "(default: 64)",
-        "(default: SGD)",
+        "kneron SGD",
         "(default: cross_entropy)",
     ]:
         assert default in out, default
@@ -300,7 +310,7 @@ FLAG_ERRORS = [
     ("snapshot_path_taken", ["--snapshot-path", "{root}/taken"], "already holds checkpoints"),
     ("class_weights_count", ["--class-weights", "1,2"], "has 2 values but the dataset has 3 classes"),
     ("class_weights_text", ["--class-weights", "heavy"], "--class-weights 'heavy'"),
-    ("pretrained_without_weights", ["--backbone", "resnet18", "--pretrained"], "no offline weights"),
+    ("pretrained_without_weights", ["--backbone", "resnet18", "--pretrained"], "not in the torch hub cache"),
     ("broken_plugin", ["--model-def-path", "{root}/plugins"], "typo_net_for_cli_test.py"),
     ("label_smoothing", ["--label-smoothing", "1.5"], "--label-smoothing"),
     ("zero_epochs", ["--epochs", "0"], "--epochs 0: must be at least 1"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from edgecls.cli.common import run_cli
 from edgecls.engine.config import STOP, TrainConfig
+from edgecls.engine.recipes import RECIPE_FIELDS, defaults_text
 from edgecls.settings import build_parser, flag_names, parse_command_line, setting
 
 
@@ -32,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Train an image classifier on DATASET_DIR/train/<class>/ and validate on DATASET_DIR/val/<class>/.",
         epilog="Distributed: torchrun --nproc-per-node N train.py ... (gloo on CPU, NCCL with --gpu). "
         "Backbones: python -m edgecls models.",
+        help_notes={field: f"default by recipe: {defaults_text(field)}" for field in RECIPE_FIELDS},
     )
 
 

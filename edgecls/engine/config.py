@@ -85,14 +85,14 @@ class TrainConfig:
     lr: float | str | None = setting(
         None,
         "peak learning rate of the head (>= 0), or auto: run the LR range test (edgecls lr-find) first and use its "
-        "suggestion (default: the recipe's)",
+        "suggestion",
         group=OPTIM,
         parse=parse_lr,
         within="[0, inf)",
         special=("auto",),
     )
     optimizer: str | None = setting(
-        None, "optimizer (default: the recipe's)", group=OPTIM, parse=str.upper, choices=OPTIMIZERS
+        None, "optimizer", group=OPTIM, parse=str.upper, choices=OPTIMIZERS
     )
     momentum: float | None = setting(None, "SGD momentum, in [0, 1)", group=OPTIM, parse=float, within="[0, 1)")
     weight_decay: float | None = setting(None, "weight decay", group=OPTIM, parse=float, within="[0, inf)")
@@ -125,7 +125,7 @@ class TrainConfig:
         kind=TOGGLE,
     )
     scheduler: str | None = setting(
-        None, "learning-rate schedule, stepped per batch (default: the recipe's)", group=OPTIM, choices=SCHEDULERS
+        None, "learning-rate schedule, stepped per batch", group=OPTIM, choices=SCHEDULERS
     )
     warmup_epochs: float | None = setting(
         None, "linear warmup epochs (fractions allowed)", group=OPTIM, parse=float, at_least=0

@@ -72,6 +72,11 @@ def describe(cfg: TrainConfig, sources: dict[str, str]) -> str:
     return "; ".join(parts)
 
 
+def defaults_text(field: str) -> str:
+    """The field's value in each recipe, for --help: "kneron 0.001, finetune 0.001, scratch 0.003"."""
+    return ", ".join(f"{name} {values[field]}" for name, values in RECIPES.items())
+
+
 def recipe_record(cfg: TrainConfig, sources: dict[str, str]) -> dict:
     """What checkpoints and args.yaml keep of the recipe."""
     return {"name": cfg.recipe, "sources": dict(sources)}
