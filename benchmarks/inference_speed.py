@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from edgecls.cli.inference import collect_images
+    from edgecls.classify import collect_images
     from edgecls.data.presets import Preprocess
     from edgecls.engine.checkpoint import make_checkpoint, save_checkpoint
     from edgecls.models import create_model, get_spec

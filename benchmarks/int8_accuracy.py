@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecls.data.images import has_image_extension, is_hidden  # noqa: E402
+from edgecls.data.images import has_image_extension  # noqa: E402
+from edgecls.data.layout import is_hidden  # noqa: E402
 
 MAX_DROP_POINTS = 1.0
 MAX_SIZE_RATIO = 0.3

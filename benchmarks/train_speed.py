@@ -68,8 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def input_size(args) -> tuple[int, int]:
-    from edgecls.cli.common import parse_size
     from edgecls.models import get_spec
+    from edgecls.settings import parse_size
 
     return parse_size(args.input_size) if args.input_size else get_spec(args.backbone).input_size
 
@@ -78,11 +78,11 @@ def ceiling(args, num_classes: int) -> dict:
     """Images/s of the bare training step on tensors already on the device."""
     import torch
 
+    from edgecls.device import resolve_device
     from edgecls.engine.config import TrainConfig
     from edgecls.engine.loops import autocast_dtype
     from edgecls.engine.optim import make_optimizer
     from edgecls.engine.recipes import resolve_recipe
-    from edgecls.engine.run import resolve_device
     from edgecls.models import create_model
 
     device = resolve_device(args.gpu)

@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecls.data.images import check_image  # noqa: E402
-from edgecls.data.tools import class_files  # noqa: E402
+from edgecls.data.layout import walk_paths  # noqa: E402
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
@@ -69,7 +69,7 @@ def write_pngs(source: Path, out: Path, workers: int) -> tuple[int, float]:
     """(files written, seconds); 0 when `out` already holds the whole dataset."""
     expected = 70_000
     if out.is_dir() and any(out.iterdir()):
-        found = sum(len(class_files(out / s / c)) for s in FILES for c in CLASSES if (out / s / c).is_dir())
+        found = sum(len(walk_paths(out / s / c)) for s in FILES for c in CLASSES if (out / s / c).is_dir())
         if found == expected:
             return 0, 0.0
         sys.exit(
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     os.environ["EDGECLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgecls-bench-cache-")
     from edgecls.data.tools.verify_report import verify_dataset
 
-    paths = [str(p) for s in FILES for c in CLASSES for p in class_files(out / s / c)]
+    paths = [str(p) for s in FILES for c in CLASSES for p in walk_paths(out / s / c)]
     baseline_s, baseline_n = time_baseline(paths, args.baseline_sample)
 
     start = time.perf_counter()

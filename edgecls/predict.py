@@ -23,19 +23,21 @@ from PIL import Image
 
 from edgecls.data.images import MAX_PIXELS, load_rgb
 from edgecls.data.presets import Preprocess
+from edgecls.device import resolve_device
 from edgecls.errors import UserError
 
 ONNX_SUFFIXES = (".onnx",)
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for stability, returned as float32."""
+def softmax(logits: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Row-wise softmax, computed in float64 for stability and returned as `dtype` (the one softmax edgecls
+    applies to logits: the Predictor's and export verification's)."""
     x = np.asarray(logits, dtype=np.float64)
     x = x - x.max(axis=1, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=1, keepdims=True)
-    return x.astype(np.float32)
+    return x.astype(dtype, copy=False)
 
 
 def image_error_reason(exc: BaseException, path=None) -> str:
@@ -72,25 +74,54 @@ def _sniff_kind(path: Path) -> str:
     return "torch" if head[:2] == b"PK" or head[:1] == b"\x80" else "onnx"
 
 
-def resolve_device(device) -> str:
-    """'cpu', 'cuda', 'cuda:N' or an int (-1 = cpu) -> a torch device string, checked."""
-    import torch
+def load_predictor(
+    *,
+    snapshot: str | None = None,
+    onnx: str | None = None,
+    backbone: str | None = None,
+    model_def_path: str | None = None,
+    class_id_path: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    preset: str | None = None,
+    resize: str | None = None,
+    gpu=-1,
+    threads: int | None = None,
+) -> Predictor:
+    """The Predictor for exactly one of `snapshot` / `onnx`, with the class map and preprocessing overrides
+    applied (what inference.py and eval_utils/eval.py load)."""
+    from edgecls.data.classmap import read_class_map
 
-    if device is None or (isinstance(device, int) and device < 0):
-        return "cpu"
-    if isinstance(device, int):
-        device = f"cuda:{device}"
-    device = str(device)
-    if device == "cpu":
-        return device
-    if not device.startswith("cuda"):
-        raise UserError(f"device {device!r}: use cpu or cuda:N")
-    if not torch.cuda.is_available():
-        raise UserError(f"--gpu: CUDA is not available on this machine ({device}); use --gpu -1 for the CPU")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{index}"
+    if bool(snapshot) == bool(onnx):
+        raise UserError("give exactly one model: `snapshot` CHECKPOINT.pth or `onnx` MODEL.onnx")
+    names = read_class_map(class_id_path) if class_id_path else None
+    kw = dict(device=gpu, backbone=backbone, model_def_path=model_def_path, class_names=names, num_threads=threads)
+    override = preprocess_override(None, input_size, preset, resize)
+    try:
+        predictor = Predictor.from_path(snapshot or onnx, **kw)
+    except UserError:
+        if override is None or not onnx or names is None:
+            raise
+        # an ONNX file without edgecls metadata: the settings, the class map and the graph say everything
+        return Predictor.from_path(onnx, preprocess=override, input_size_from_graph=not input_size, **kw)
+    if override is not None:  # overrides change only what they name; the rest stays as stored
+        predictor.preprocess = preprocess_override(predictor.preprocess, input_size, preset, resize)
+        check_input_size(predictor.path, predictor.fixed_input_size, predictor.preprocess.input_size)
+    return predictor
+
+
+def preprocess_override(base: Preprocess | None, input_size, preset, resize) -> Preprocess | None:
+    """`base` (or the defaults) with the given input size, normalization preset and resize policy; None when
+    nothing is overridden."""
+    if not (input_size or preset or resize):
+        return None
+    d = base.to_dict() if base else Preprocess().to_dict()
+    if input_size:
+        d["input_size"] = list(input_size)
+    if preset:
+        d["preset"], d["mean"], d["std"] = preset, [], []
+    if resize:
+        d["resize"] = resize
+    return Preprocess.from_dict(d)
 
 
 def _check_class_count(outputs: int, class_names: list[str] | None, what: str) -> None:
@@ -135,8 +166,8 @@ def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
         return
     h, w = fixed
     raise UserError(
-        f"--input-size {size[0]}x{size[1]}: {path} takes a fixed {h}x{w} input; drop --input-size "
-        f"or pass --input-size {h}x{w}"
+        f"`input_size` {size[0]}x{size[1]}: {path} takes a fixed {h}x{w} input; drop `input_size` "
+        f"or pass `input_size` {h}x{w}"
     )
 
 
@@ -205,7 +236,7 @@ class Predictor:
         if not p.is_file():
             raise UserError(f"{p}: model file not found")
         class_names = None if class_names is None else [str(c) for c in class_names]
-        device = resolve_device(device)
+        device = str(resolve_device(device))
         if _sniff_kind(p) == "onnx":
             return cls._from_onnx(p, device, class_names, num_threads, preprocess, input_size_from_graph)
         return cls._from_torch(p, device, backbone, model_def_path, class_names, num_threads, preprocess)
@@ -214,40 +245,30 @@ class Predictor:
     def _from_torch(cls, p, device, backbone, model_def_path, class_names, num_threads, preprocess):
         import torch
 
-        from edgecls.engine.checkpoint import extract_state_dict, is_edgecls_checkpoint, load_raw, model_from_checkpoint
-        from edgecls.models import create_model, get_spec, load_plugins
+        from edgecls.engine.checkpoint import extract_state_dict, is_edgecls_checkpoint, load_model, load_raw
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
         obj = load_raw(p)
         if is_edgecls_checkpoint(obj):
             _check_class_count(len(obj["classes"]), class_names, f"checkpoint {p}")
-            model = model_from_checkpoint(obj, model_def_path)
-            classes = class_names or list(obj["classes"])
-            prep = preprocess or Preprocess.from_dict(obj["preprocess"])
             name = obj["model"]["name"]
             if backbone and backbone != name:
                 import warnings
 
-                warnings.warn(f"--backbone {backbone} ignored: {p} is a {name} checkpoint", stacklevel=2)
+                warnings.warn(f"`backbone` {backbone} ignored: {p} is a {name} checkpoint", stacklevel=2)
         else:
-            state = extract_state_dict(obj, p)
+            extract_state_dict(obj, p)  # not even weights: say so first
             if not backbone:
-                raise UserError(f"{p}: a bare state_dict (no edgecls metadata); pass --backbone and --class_id_path")
+                raise UserError(f"{p}: a bare state_dict (no edgecls metadata); pass `backbone` and `class_id_path`")
             if class_names is None:
-                raise UserError(f"{p}: a bare state_dict carries no class names; pass --class_id_path class_id.json")
-            load_plugins(model_def_path)
-            spec = get_spec(backbone)
-            model = create_model(backbone, num_classes=len(class_names))
-            _load_state_checked(model, state, p, backbone, len(class_names))
-            model.eval()
-            classes, name = class_names, backbone
-            prep = preprocess or Preprocess(input_size=spec.input_size, preset=spec.preprocess)
+                raise UserError(f"{p}: a bare state_dict carries no class names; pass `class_id_path` class_id.json")
+        loaded = load_model(obj, backbone=backbone, classes=class_names, model_def_path=model_def_path, path=p)
         return cls(
-            _TorchRunner(model, device),
-            classes=classes,
-            preprocess=prep,
-            backbone=name,
+            _TorchRunner(loaded.model, device),
+            classes=class_names or loaded.classes,
+            preprocess=preprocess or loaded.preprocess,
+            backbone=loaded.backbone,
             kind="torch",
             path=str(p),
             device=device,
@@ -265,7 +286,7 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if device != "cpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError(f"{p}: this onnxruntime has no CUDA provider; use --gpu -1 (CPU) for ONNX files")
+                raise UserError(f"{p}: this onnxruntime has no CUDA provider; use `gpu` -1 (CPU) for ONNX files")
             providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}), "CPUExecutionProvider"]
         try:
             session = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
@@ -422,22 +443,3 @@ class Predictor:
             "path": self.path,
             "device": self.device,
         }
-
-
-def _load_state_checked(model, state: dict, path, backbone: str, num_classes: int) -> None:
-    """load_state_dict with user-facing errors: a head of another size names both counts."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if mismatched and not missing and not unexpected:
-        heads = [k for k in mismatched if own[k].shape[1:] == state[k].shape[1:] and own[k].shape[0] == num_classes]
-        if heads == mismatched:
-            raise UserError(
-                f"{path}: the weights have {state[heads[0]].shape[0]} outputs but the class map has "
-                f"{num_classes} classes; pass the class_id.json written with these weights"
-            )
-    if missing or unexpected or mismatched:
-        detail = (missing or unexpected or mismatched)[:3]
-        raise UserError(f"{path}: weights do not fit --backbone {backbone} (e.g. {detail}); wrong --backbone?")
-    model.load_state_dict(state)

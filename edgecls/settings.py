@@ -69,9 +69,13 @@ def flag_of(f: dataclasses.Field, s: Setting) -> str:
     return s.flags[0] if s.flags else "--" + f.name.replace("_", "-")
 
 
-def flag_names(cls) -> dict[str, str]:
-    """field name -> the flag the CLI prints for it (`lr` -> --lr, `num_classes` -> --num_classes)."""
-    return {f.name: flag_of(f, s) for f, s in settings_of(cls) if s.cli}
+def flag_names(*classes) -> dict[str, str]:
+    """field name -> the flag the CLI prints for it (`lr` -> --lr, `num_classes` -> --num_classes), for the
+    fields of every class given, plus `config` -> --config."""
+    names = {CONFIG: "--config"}
+    for cls in classes:
+        names.update({f.name: flag_of(f, s) for f, s in settings_of(cls) if s.cli})
+    return names
 
 
 # ----------------------------------------------------------------------------- checks
@@ -137,53 +141,71 @@ def build_parser(
     epilog: str | None = None,
     config: bool = True,
     suppress: bool = False,
-    config_group: str | None = None,
+    config_at: str | None = None,
     help_notes: dict[str, str] | None = None,
 ) -> argparse.ArgumentParser:
-    """The argparse parser for a settings dataclass. suppress=True: no defaults (to learn what was given);
-    help_notes: text appended to some fields' help (field name -> note)."""
+    """The argparse parser for a settings dataclass. suppress=True: no defaults (to learn what was given).
+
+    `config_at` places --config: None, first among the top-level options; "end", last of them; a field
+    name, right after that field's flag (in its group). `help_notes`: field name -> text appended to its help."""
     p = argparse.ArgumentParser(
         allow_abbrev=False, prog=prog, description=description, epilog=epilog, formatter_class=DefaultsHelpFormatter
     )
+    return add_settings(p, cls, config=config, suppress=suppress, config_at=config_at, help_notes=help_notes)
+
+
+def add_settings(
+    p: argparse.ArgumentParser,
+    cls,
+    *,
+    config: bool = False,
+    suppress: bool = False,
+    config_at: str | None = None,
+    help_notes: dict[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """Add a settings dataclass's flags to an existing parser (a subcommand's, for instance); see build_parser."""
     groups: dict[str | None, Any] = {None: p}
     entries = [(f, s) for f, s in settings_of(cls) if s.cli]
     for f, s in entries:
         if s.kind == POSITIONAL:
             kw = {} if not suppress else {"nargs": "?", "default": argparse.SUPPRESS}
             p.add_argument(f.name, metavar=s.metavar or f.name.upper(), help=s.help, type=s.parse, **kw)
-    if config and config_group is None:
+    if config and config_at is None:
         add_config_flag(p)
-    notes = help_notes or {}
     for f, s in entries:
         if s.kind == POSITIONAL:
             continue
-        help_text = f"{s.help} ({notes[f.name]})" if f.name in notes else s.help
         if s.group not in groups:
             groups[s.group] = p.add_argument_group(s.group)
-        if config and config_group == s.group and CONFIG not in groups:
+        if help_notes and f.name in help_notes:
+            s = dataclasses.replace(s, help=f"{s.help} ({help_notes[f.name]})")
+        _add_flag(groups[s.group], f, s, argparse.SUPPRESS if suppress else _default(f), suppress)
+        if config and config_at == f.name:
             add_config_flag(groups[s.group])
-            groups[CONFIG] = groups[s.group]
-        g = groups[s.group]
-        default = argparse.SUPPRESS if suppress else _default(f)
-        flags = list(s.flags) or ["--" + f.name.replace("_", "-")]
-        if s.kind == SWITCH:
-            g.add_argument(*flags, dest=f.name, action="store_true", default=default, help=help_text)
-        elif s.kind == NEGATED:
-            g.add_argument(*flags, dest=f.name, action="store_false", default=default, help=help_text)
-        elif s.kind == TOGGLE:
-            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            g.add_argument(
-                *flags,
-                dest=f.name,
-                type=s.parse,
-                default=default,
-                choices=s.choices,
-                metavar=s.metavar,
-                required=s.required and not suppress,
-                help=help_text,
-            )
+    if config and config_at == "end":
+        add_config_flag(p)
     return p
+
+
+def _add_flag(g, f: dataclasses.Field, s: Setting, default: Any, suppress: bool) -> None:
+    flags = list(s.flags) or ["--" + f.name.replace("_", "-")]
+    if s.kind == SWITCH:
+        g.add_argument(*flags, dest=f.name, action="store_true", default=default, help=s.help)
+    elif s.kind == NEGATED:
+        g.add_argument(*flags, dest=f.name, action="store_false", default=default, help=s.help)
+    elif s.kind == TOGGLE:
+        g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=s.help)
+    else:
+        g.add_argument(
+            *flags,
+            dest=f.name,
+            type=s.parse,
+            default=default,
+            choices=s.choices,
+            metavar=s.metavar,
+            required=s.required and not suppress,
+            help=s.help,
+        )
 
 
 def add_config_flag(parser) -> None:
@@ -220,13 +242,13 @@ def load_config(path: str, cls) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--config {p}: file not found")
+        raise UserError(f"`config` {p}: file not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"`config` {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"--config {p}: expected a mapping of flag names to values")
+        raise UserError(f"`config` {p}: expected a mapping of flag names to values")
     lookup: dict[str, tuple[dataclasses.Field, Setting, bool]] = {}  # key -> (field, setting, inverted)
     for f, s in settings_of(cls):
         if not s.cli:
@@ -241,7 +263,7 @@ def load_config(path: str, cls) -> dict:
         name = str(key).lstrip("-")
         entry = lookup.get(name) or lookup.get(name.replace("_", "-"))
         if entry is None:
-            raise UserError(f"--config {p}: unknown key {key!r}; keys are the command's flag names (e.g. batch-size)")
+            raise UserError(f"`config` {p}: unknown key {key!r}; keys are the command's flag names (e.g. batch-size)")
         f, s, inverted = entry
         value = config_value(p, key, value, f, s)
         out[f.name] = (not value) if inverted else value
@@ -252,11 +274,11 @@ def config_value(path: Path, key, value, f: dataclasses.Field, s: Setting):
     """A YAML value checked and converted exactly as the same value typed on the command line would be."""
     if s.required or s.kind == POSITIONAL:
         raise UserError(
-            f"--config {path}: {key!r} cannot come from a config file; give {flag_of(f, s)} on the command line"
+            f"`config` {path}: {key!r} cannot come from a config file; give {flag_of(f, s)} on the command line"
         )
     if s.kind in (SWITCH, NEGATED, TOGGLE):
         if not isinstance(value, bool):
-            raise UserError(f"--config {path}: {key!r} is an on/off flag; use true or false, not {value!r}")
+            raise UserError(f"`config` {path}: {key!r} is an on/off flag; use true or false, not {value!r}")
         return value
     default = _default(f)
     if value is None:  # "key:" with nothing after it
@@ -264,17 +286,17 @@ def config_value(path: Path, key, value, f: dataclasses.Field, s: Setting):
             return None
         if s.parse is None and s.choices is None:
             return ""  # like the flag given an empty value (--model-def-path "": no plugin folder)
-        raise UserError(f"--config {path}: {key!r} has no value; give one (default: {default}) or remove the line")
+        raise UserError(f"`config` {path}: {key!r} has no value; give one (default: {default}) or remove the line")
     if isinstance(value, dict):
-        raise UserError(f"--config {path}: {key!r}: expected a single value, not a mapping")
+        raise UserError(f"`config` {path}: {key!r}: expected a single value, not a mapping")
     if isinstance(value, list):  # class-weights: [1, 2] reads like the flag's "1,2"
         value = ",".join(str(v) for v in value)
     try:
         value = (s.parse or str)(str(value))
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-        raise UserError(f"--config {path}: {key!r}: {value!r} is not valid ({exc})") from None
+        raise UserError(f"`config` {path}: {key!r}: {value!r} is not valid ({exc})") from None
     if s.choices is not None and value not in s.choices:
-        raise UserError(f"--config {path}: {key!r}: {value!r} is not one of {', '.join(map(str, s.choices))}")
+        raise UserError(f"`config` {path}: {key!r}: {value!r} is not one of {', '.join(map(str, s.choices))}")
     return value
 
 

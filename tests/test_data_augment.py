@@ -124,7 +124,7 @@ def test_refusals(unbalanced, tmp_path):
         augment_dataset(unbalanced, out, 5)
     with pytest.raises(UserError, match="outside the source"):
         augment_dataset(unbalanced, unbalanced / "augmented", 5)
-    with pytest.raises(UserError, match="--ops"):
+    with pytest.raises(UserError, match="`ops`"):
         augment_dataset(unbalanced, tmp_path / "x", 5, operations=("twirl",))
     augment_dataset(unbalanced, out, 5, force=True)
     assert (out / "keep.txt").read_text() == "user file"
@@ -195,5 +195,5 @@ def test_cli_numeric_flags_are_checked(unbalanced, tmp_path, capsys):
         assert cli(["augment", str(unbalanced), "--target-per-class", "5", "--out", str(out), *flags]) == 2
         assert capsys.readouterr().err.startswith("error: " + message)
     assert not out.exists()
-    with pytest.raises(UserError, match="--probability"):
+    with pytest.raises(UserError, match="`probability`"):
         augment_dataset(unbalanced, out, 5, probability=1.5)

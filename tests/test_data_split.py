@@ -111,7 +111,7 @@ def test_existing_val_is_refused_then_resplit_with_force(digits_dir, tmp_path):
     make_flat(digits_dir, root / "train", {"0": 10, "1": 10})
     split_dataset(root, val_fraction=0.2, seed=0)
     snapshot = tree(root)
-    with pytest.raises(UserError, match="val/ already exists; pass --force"):
+    with pytest.raises(UserError, match="val/ already exists; pass `force`"):
         split_dataset(root, val_fraction=0.3, seed=0)
     assert tree(root) == snapshot
     result = split_dataset(root, val_fraction=0.3, test_fraction=0.2, seed=4, force=True)
@@ -147,9 +147,8 @@ def test_cli_errors_are_one_line(digits_dir, tmp_path):
 
 
 def test_cli_fractions_use_one_rule_for_split_and_demo_data(digits_dir, tmp_path, capsys):
-    from edgecls.cli.common import run_cli
     from edgecls.cli.data import cli
-    from edgecls.data import demo
+    from edgecls.cli.demo import cli as demo_cli
 
     root = make_flat(digits_dir, tmp_path / "d", {"0": 4})
     assert cli(["split", str(root), "--test-fraction", "-0.1"]) == 2
@@ -163,11 +162,11 @@ def test_cli_fractions_use_one_rule_for_split_and_demo_data(digits_dir, tmp_path
         (["--val-fraction", "-0.5"], "--val-fraction -0.5: must be greater than 0 and less than 1"),
         (["--seed", "-1"], "--seed -1: must be at least 0"),
     ):
-        assert run_cli(demo.main, ["--out", str(out), "--source", "digits", *flags]) == 2
+        assert demo_cli(["--out", str(out), "--source", "digits", *flags]) == 2
         assert capsys.readouterr().err.startswith("error: " + message)
     assert not out.exists()
     # a high fraction of a tiny set still leaves every class a train/ image, as `data split` does
-    assert run_cli(demo.main, ["--out", str(out), "--source", "digits", "--limit", "12", "--val-fraction", "0.95"]) == 0
+    assert demo_cli(["--out", str(out), "--source", "digits", "--limit", "12", "--val-fraction", "0.95"]) == 0
     classes = {p.name for p in out.glob("*/*")}
     assert {p.name for p in (out / "train").iterdir()} == classes
     assert len(list(out.rglob("*.png"))) == 12

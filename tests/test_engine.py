@@ -109,7 +109,6 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="cli/eval.py still imports cli/inference.py (issue 13, in progress)")
 def test_cli_modules_import_no_other_cli_module_but_the_shared_helper():
     for path in sorted((PACKAGE / "cli").glob("*.py")):
         if path.name in ("main.py", "common.py", "__init__.py"):
@@ -132,8 +131,48 @@ def test_engine_imports_nothing_private_from_data():
                 )
 
 
-@pytest.mark.xfail(strict=True, reason="cli/common.load_config still reads parser._actions (issue 13, in progress)")
 def test_library_modules_import_no_argparse_privates():
     for path in sorted(PACKAGE.rglob("*.py")):
         text = path.read_text()
         assert "._actions" not in text and "_option_string_actions" not in text, path
+
+
+def test_library_modules_import_no_cli_module():
+    """cli/ sits on top: nothing below it imports it (entry points may: __main__.py, `if __name__ == ...`)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "cli" in path.relative_to(PACKAGE).parts[:1] or path.name == "__main__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        main_blocks = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+        for block in main_blocks:
+            tree.body.remove(block)
+        for node in ast.walk(tree):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(m.startswith("edgecls.cli") for m in modules), f"{path.relative_to(PACKAGE)} imports cli"
+
+
+def test_every_command_prints_field_names_as_its_flags():
+    """Each cli module's cli() hands run_cli the field -> flag table of its settings schema."""
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.name in ("main.py", "common.py", "__init__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        cli = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "cli")
+        calls = [n for n in ast.walk(cli) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run_cli"]
+        assert calls and any(k.arg == "flags" for k in calls[0].keywords), f"{path.name}: run_cli without flags"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+@pytest.mark.parametrize("package", ["engine", "export"])
+def test_every_function_reads_at_once(package):
+    """No function in engine/ or export/ is longer than a screen (issue 13)."""
+    long = []
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno} lines)")
+    assert not long, long

@@ -14,10 +14,10 @@ from edgecls.data.images import (
     MAX_PIXELS,
     check_image,
     has_image_extension,
-    is_hidden,
     load_rgb,
     load_rgb_bytes,
 )
+from edgecls.data.layout import is_hidden
 from edgecls.data.verify import verify_files
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

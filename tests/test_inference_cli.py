@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cmd
 
-from edgecls.cli.inference import collect_images, json_name_for
+from edgecls.classify import collect_images, json_name_for
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""edgecls.metrics against scikit-learn on real classifier outputs (sklearn digits)."""
+"""edgecls.evaluation's figures against scikit-learn on real classifier outputs (sklearn digits): the figures
+come from scikit-learn, the top-K from edgecls' own ranking rule (ties to the lower class id, -inf never a hit)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from edgecls import metrics
+from edgecls import evaluation as metrics
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def test_empty_and_bad_input():
     rep = metrics.classification_report(np.zeros(0, int), np.zeros((0, 3)), 3)
     assert rep["num_images"] == 0 and rep["macro"]["f1"] == 0.0 and rep["weighted"]["precision"] == 0.0
     with pytest.raises(ValueError, match="outside"):
-        metrics.confusion_matrix([0, 5], [0, 1], 3)
+        metrics.classification_report([0, 5], np.zeros((2, 3)), 3)
     with pytest.raises(ValueError, match="N x 3"):
         metrics.classification_report([0], np.zeros((1, 4)), 3)
+
+
+def test_exact_ties_go_to_the_lower_class_id():
+    """Predictor.topk's rule: of two equal scores the lower class id ranks first (top-1 and top-K alike)."""
+    s = np.array([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4]])
+    assert metrics.topk_accuracy([0, 1], s, 1) == 1.0 and metrics.topk_accuracy([1, 2], s, 1) == 0.0
+    assert metrics.topk_accuracy([1, 2], s, 2) == 1.0
+    rep = metrics.classification_report([1, 2], s, 3, topk=2)
+    assert rep["accuracy"] == 0.0 and rep["confusion_matrix"] == [[0, 0, 0], [1, 0, 0], [0, 1, 0]]

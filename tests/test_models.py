@@ -269,7 +269,7 @@ def test_pretrained_without_installed_weights_is_a_user_error():
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(UserError) as err:
         create_model("resnet181", num_classes=2)
-    assert "resnet18" in str(err.value) and "--model-def-path" in str(err.value)
+    assert "resnet18" in str(err.value) and "`model_def_path`" in str(err.value)
 
 
 def test_zero_classes_is_a_user_error():
@@ -386,7 +386,7 @@ def test_initial_weights_from_another_backbone_are_refused(tmp_path):
     # tinynet shares FP_classifier's layer names (features.0.0...) but no shapes except BN counters.
     for other in ("resnet18", "tinynet"):
         torch.save(create_model(other, num_classes=2).state_dict(), tmp_path / "other.pth")
-        with pytest.raises(UserError, match="wrong --backbone"):
+        with pytest.raises(UserError, match="wrong `backbone`"):
             load_initial_weights(create_model("FP_classifier", num_classes=2), tmp_path / "other.pth")
 
 

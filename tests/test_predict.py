@@ -121,9 +121,9 @@ def test_bare_state_dict_needs_backbone_and_classes(trained_ckpt, digits_dir, tm
     ckpt = load_checkpoint(trained_ckpt)
     bare = tmp_path / "weights.pth"
     torch.save(ckpt["state_dict"], bare)
-    with pytest.raises(UserError, match="--backbone"):
+    with pytest.raises(UserError, match="`backbone`"):
         Predictor.from_path(bare)
-    with pytest.raises(UserError, match="--class_id_path"):
+    with pytest.raises(UserError, match="`class_id_path`"):
         Predictor.from_path(bare, backbone="FP_classifier")
     from edgecls.data.presets import Preprocess
 
@@ -137,7 +137,7 @@ def test_bare_state_dict_needs_backbone_and_classes(trained_ckpt, digits_dir, tm
     )
     with pytest.raises(UserError, match="10 outputs but the class map has 3"):
         Predictor.from_path(bare, backbone="FP_classifier", class_names=["a", "b", "c"])
-    with pytest.raises(UserError, match="wrong --backbone"):
+    with pytest.raises(UserError, match="wrong `backbone`"):
         Predictor.from_path(bare, backbone="resnet18", class_names=ckpt["classes"])
 
 
@@ -229,7 +229,7 @@ def test_fixed_onnx_input_size(onnx_file, tmp_path):
 
     pred = Predictor.from_path(onnx_file)
     assert pred.fixed_input_size == (32, 32)
-    with pytest.raises(UserError, match="fixed 32x32 input; drop --input-size or pass --input-size 32x32"):
+    with pytest.raises(UserError, match="fixed 32x32 input; drop `input_size` or pass `input_size` 32x32"):
         Predictor.from_path(onnx_file, preprocess=Preprocess((64, 64), "kneron"))
     proto = onnx.load(str(onnx_file))
     dims = proto.graph.input[0].type.tensor_type.shape.dim

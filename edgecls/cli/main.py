@@ -14,7 +14,7 @@ COMMANDS = {
     "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
     "lr-find": ("edgecls.cli.lr_find", "learning-rate range test: a suggested --lr and its chart"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
-    "demo-data": ("edgecls.data.demo", "write the bundled demo digits as an image folder"),
+    "demo-data": ("edgecls.cli.demo", "write the bundled demo digits as an image folder"),
 }
 
 
@@ -33,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from edgecls.cli.common import run_cli
-
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    if hasattr(module, "cli"):  # renders the library's field names as the command's flags
-        return module.cli(argv[1:])
-    return run_cli(module.main, argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]][0]).cli(argv[1:])
 
 
 if __name__ == "__main__":

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
+from dataclasses import dataclass
+
+from edgecls.cli.common import run_cli
+from edgecls.settings import build_parser, flag_names, setting
+
+
+@dataclass
+class ModelsCommand:
+    model_def_path: str | None = setting("./models/", "plugin folder (default: ./models/)")
+
+
+FLAGS = flag_names(ModelsCommand)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="edgecls models", description="List registered backbones."
-    )
-    parser.add_argument("--model-def-path", default="./models/", help="plugin folder (default: ./models/)")
-    args = parser.parse_args(argv)
+    parser = build_parser(ModelsCommand, prog="edgecls models", description="List registered backbones.", config=False)
+    args = ModelsCommand(**vars(parser.parse_args(argv)))
     from edgecls.models import get_spec, list_models, load_plugins
 
     load_plugins(args.model_def_path)
@@ -20,3 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{s.input_size[0]}x{s.input_size[1]}"
         print(f"{name:<20} {size:<10} {s.preprocess:<9} {'yes' if s.has_pretrained else '-':<10} {s.description}")
     return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, flags=FLAGS)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from edgecls.atomic import atomic_write_text
-from edgecls.data.images import has_image_extension, is_hidden
+from edgecls.data.layout import class_folders, iter_files
 from edgecls.errors import UserError
 
 
@@ -21,7 +21,7 @@ def discover_classes(train_dir: str | os.PathLike) -> list[str]:
     root = Path(train_dir)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; expected DATASET/train/<class>/<images>")
-    classes = sorted(e.name for e in root.iterdir() if e.is_dir() and not is_hidden(e.name))
+    classes = class_folders(root)
     if not classes:
         raise UserError(f"{root}: no class folders; put images in {root}/<class_name>/")
     return classes
@@ -30,15 +30,14 @@ def discover_classes(train_dir: str | os.PathLike) -> list[str]:
 def check_split_classes(split_dir: str | os.PathLike, classes: list[str]) -> None:
     """A split's classes must be known to train/; one missing or empty is only a warning."""
     root = Path(split_dir)
-    present = sorted(e.name for e in root.iterdir() if e.is_dir() and not is_hidden(e.name))
-    unknown = [c for c in present if c not in classes]
+    unknown = [c for c in class_folders(root) if c not in classes]
     if unknown:
         raise UserError(
             f"{root}: class folder(s) {unknown} are not in train/ (train has {classes}); rename or remove them"
         )
     for name in classes:
         folder = root / name
-        if not folder.is_dir() or not any(has_image_extension(f) and not is_hidden(f) for f in os.listdir(folder)):
+        if not folder.is_dir() or next(iter_files(folder, images_only=True), None) is None:
             warnings.warn(f"{root}: class '{name}' has no images in this split", stacklevel=2)
 
 

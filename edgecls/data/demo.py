@@ -7,13 +7,11 @@ Written as grayscale PNGs into OUT/train/<digit>/ and OUT/val/<digit>/ (stratifi
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from edgecls.cli.common import require_at_least, require_in
 from edgecls.errors import UserError
 
 
@@ -31,7 +29,7 @@ def load_source(source: str) -> tuple[np.ndarray, np.ndarray]:
         imgs = (d.images / 16.0 * 255).round().astype(np.uint8)
         imgs = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in imgs])
         return imgs, d.target.astype(int)
-    raise UserError(f"--source {source!r}: choose mnist or digits")
+    raise UserError(f"`source` {source!r}: choose mnist or digits")
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -53,7 +51,7 @@ def build_demo_dataset(
     """Write the folder dataset; refuses to write into a non-empty folder."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: already exists and is not empty; remove it or choose another --out")
+        raise UserError(f"{out}: already exists and is not empty; remove it or choose another `out`")
     images, labels = load_source(source)
     if limit is not None:
         keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
@@ -66,33 +64,9 @@ def build_demo_dataset(
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False,
-        prog="edgecls demo-data",
-        description="Write the bundled demo digits as an image-folder dataset.",
-    )
-    parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
-    parser.add_argument("--source", default="mnist", choices=["mnist", "digits"], help="(default: mnist)")
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.2,
-        help="share of each class for val/, between 0 and 1 exclusive (default: 0.2)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    parser.add_argument("--limit", type=int, default=None, help="keep only N images, N >= 1 (default: all)")
-    args = parser.parse_args(argv)
-    require_at_least(args, {"seed": 0} if args.limit is None else {"limit": 1, "seed": 0})
-    require_in(args, {"val_fraction": "(0, 1)"})
-    out = build_demo_dataset(args.out, args.source, args.val_fraction, args.seed, args.limit)
-    print(f"wrote demo dataset to {out}")
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m edgecls.data.demo`, as scripts/demo.sh and the tutorial run it
     import sys
 
-    from edgecls.cli.common import run_cli
+    from edgecls.cli.demo import cli
 
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from edgecls.data.classmap import check_split_classes, discover_classes
-from edgecls.data.images import has_image_extension, is_hidden, load_rgb
+from edgecls.data.images import has_image_extension, load_rgb
+from edgecls.data.layout import walk_files
 from edgecls.data.verify import verify_files
 from edgecls.errors import UserError
 
@@ -38,14 +39,7 @@ def list_split_files(split_dir: Path, classes: list[str]) -> list[tuple[str, int
     """Every visible file in each class folder (recursively), with its class index."""
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        folder = split_dir / name
-        if not folder.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-            for fname in sorted(filenames):
-                if not is_hidden(fname):
-                    files.append((os.path.join(dirpath, fname), label))
+        files += [(path, label) for path in walk_files(split_dir / name)]
     return files
 
 

@@ -16,11 +16,6 @@ MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def is_hidden(name: str) -> bool:
-    """Hidden entries (`.DS_Store`, `.ipynb_checkpoints`, `._x.jpg`) are never data."""
-    return name.startswith(".") or name.startswith("__MACOSX")
-
-
 def has_image_extension(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 

@@ -43,7 +43,7 @@ class Preprocess:
     def __post_init__(self):
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         if self.preset not in PRESETS and not (self.mean and self.std):
-            raise UserError(f"--preprocess {self.preset!r}: choose one of {sorted(PRESETS)}")
+            raise UserError(f"`preprocess` {self.preset!r}: choose one of {sorted(PRESETS)}")
         if not self.mean:
             self.mean, self.std = (list(v) for v in PRESETS[self.preset])
         if self.resize not in RESIZE_POLICIES:

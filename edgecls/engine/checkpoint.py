@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not is_edgecls_checkpoint(obj):
         raise UserError(
             f"{path}: not an edgecls checkpoint (no format tag); a bare state_dict can be used "
-            "as initial weights with --snapshot together with --backbone"
+            "as initial weights with `snapshot` together with `backbone`"
         )
     return obj
 
@@ -145,24 +146,95 @@ def extract_state_dict(obj: Any, path: str | os.PathLike) -> dict:
     raise UserError(f"{path}: holds no state_dict of tensors")
 
 
-def model_from_checkpoint(ckpt: dict, model_def_path: str | None = None) -> nn.Module:
-    """Rebuild the network named in the checkpoint and load its weights (eval mode)."""
-    from edgecls.models import create_model, load_plugins
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a weights file, with what it needs to be used."""
 
+    model: nn.Module  # eval mode, on the CPU
+    backbone: str
+    classes: list[str]
+    preprocess: Preprocess
+    checkpoint: dict | None  # the edgecls checkpoint; None for a bare state_dict
+
+
+class WeightsMismatch(UserError):
+    """The weights do not fit the network built for them; `detail` is torch's own account of why."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+def load_model(
+    source: Any,
+    *,
+    backbone: str | None = None,
+    classes: list[str] | None = None,
+    model_def_path: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+) -> LoadedModel:
+    """The one checkpoint-to-model loader. `source`: a file, or what load_raw read from `path`.
+
+    An edgecls checkpoint rebuilds the network it names (`backbone` and `classes` are not used); a bare
+    state_dict needs both, and takes the backbone's default preprocessing. Weights that do not fit raise
+    WeightsMismatch; callers check their own settings against the checkpoint first."""
+    from edgecls.models import create_model, get_spec, load_plugins
+
+    if isinstance(source, (str, os.PathLike)):
+        source, path = load_raw(source), source
+    where = path if path is not None else "checkpoint"
     load_plugins(model_def_path)
-    spec = ckpt["model"]
-    model = create_model(spec["name"], num_classes=len(ckpt["classes"]), **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    if is_edgecls_checkpoint(source):
+        backbone, kwargs = source["model"]["name"], dict(source["model"].get("kwargs", {}))
+        classes, preprocess = [str(c) for c in source["classes"]], Preprocess.from_dict(source["preprocess"])
+    elif not backbone or classes is None:
+        raise UserError(f"{where}: a bare state_dict (no edgecls metadata) needs a backbone and the class names")
+    else:
+        spec, kwargs = get_spec(backbone), {}
+        preprocess = Preprocess(input_size=spec.input_size, preset=spec.preprocess)
+    model = create_model(backbone, num_classes=len(classes), **kwargs)
+    fit_weights(model, extract_state_dict(source, where), where, backbone, len(classes))
+    checkpoint = source if is_edgecls_checkpoint(source) else None
+    return LoadedModel(model.eval(), backbone, list(classes), preprocess, checkpoint)
+
+
+def fit_weights(model: nn.Module, state: dict, path, backbone: str, num_classes: int) -> None:
+    """load_state_dict with user-facing errors: a head of another size names both counts."""
+    try:
+        model.load_state_dict(state)
+        return
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else str(exc)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
+    heads = [k for k in mismatched if own[k].shape[1:] == state[k].shape[1:] and own[k].shape[0] == num_classes]
+    if mismatched and not missing and not unexpected and heads == mismatched:
+        raise WeightsMismatch(
+            f"{path}: the weights have {state[heads[0]].shape[0]} outputs but the class map has "
+            f"{num_classes} classes; pass the class_id.json written with these weights",
+            detail,
+        )
+    example = (missing or unexpected or mismatched)[:3]
+    raise WeightsMismatch(
+        f"{path}: weights do not fit `backbone` {backbone} (e.g. {example}); wrong `backbone`?", detail
+    )
+
+
+def model_from_checkpoint(ckpt: dict, model_def_path: str | None = None) -> nn.Module:
+    """Rebuild the network named in an edgecls checkpoint and load its weights (eval mode)."""
+    return load_model(ckpt, model_def_path=model_def_path).model
 
 
 def load_initial_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
-    """`--snapshot`: load matching weights; a head of another size is skipped (reported)."""
+    """`snapshot` (initial weights): load the matching tensors; a head of another size is skipped (reported)."""
     state = extract_state_dict(load_raw(path), path)
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     # BatchNorm's scalar step counters match in any two nets; they prove nothing.
     if not any(not k.endswith("num_batches_tracked") for k in compatible):
-        raise UserError(f"--snapshot {path}: no tensor matches this backbone's layers; wrong --backbone?")
+        raise UserError(f"`snapshot` {path}: no tensor matches this backbone's layers; wrong `backbone`?")
     model.load_state_dict(compatible, strict=False)
     return sorted(set(own) - set(compatible))

@@ -91,9 +91,7 @@ class TrainConfig:
         within="[0, inf)",
         special=("auto",),
     )
-    optimizer: str | None = setting(
-        None, "optimizer", group=OPTIM, parse=str.upper, choices=OPTIMIZERS
-    )
+    optimizer: str | None = setting(None, "optimizer", group=OPTIM, parse=str.upper, choices=OPTIMIZERS)
     momentum: float | None = setting(None, "SGD momentum, in [0, 1)", group=OPTIM, parse=float, within="[0, 1)")
     weight_decay: float | None = setting(None, "weight decay", group=OPTIM, parse=float, within="[0, inf)")
     layer_decay: float | None = setting(
@@ -124,9 +122,7 @@ class TrainConfig:
         group=OPTIM,
         kind=TOGGLE,
     )
-    scheduler: str | None = setting(
-        None, "learning-rate schedule, stepped per batch", group=OPTIM, choices=SCHEDULERS
-    )
+    scheduler: str | None = setting(None, "learning-rate schedule, stepped per batch", group=OPTIM, choices=SCHEDULERS)
     warmup_epochs: float | None = setting(
         None, "linear warmup epochs (fractions allowed)", group=OPTIM, parse=float, at_least=0
     )

@@ -35,7 +35,7 @@ def setup(gpu: int | None) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = gpu is not None and gpu >= 0
     if use_cuda and not torch.cuda.is_available():
-        raise UserError(f"--gpu {gpu}: CUDA is not available on this machine; drop --gpu to train on the CPU (gloo)")
+        raise UserError(f"`gpu` {gpu}: CUDA is not available on this machine; drop `gpu` to train on the CPU (gloo)")
     if use_cuda and local_rank >= torch.cuda.device_count():
         raise UserError(
             f"torchrun started local rank {local_rank} but this machine has {torch.cuda.device_count()} "

@@ -25,6 +25,7 @@ from edgecls.data.cache.policy import check_mode
 from edgecls.data.folder import bad_file_report, scan_dataset
 from edgecls.data.loaders import LoaderSettings, Ranks, build_loaders
 from edgecls.data.presets import Preprocess
+from edgecls.device import resolve_device
 from edgecls.engine import distributed as dist_utils
 from edgecls.engine.checkpoint import load_initial_weights, make_checkpoint
 from edgecls.engine.config import TrainConfig
@@ -58,17 +59,6 @@ class RunResult:
     stop_reason: str | None
     classes: list[str]
     spec: str
-
-
-def resolve_device(gpu: int) -> torch.device:
-    if gpu is None or gpu < 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UserError(f"`gpu` {gpu}: CUDA is not available on this machine; use `gpu` -1 for the CPU")
-    if gpu >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UserError(f"`gpu` {gpu}: only {count} CUDA device(s); use 0..{count - 1}")
-    return torch.device("cuda", gpu)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -45,7 +45,7 @@ def read_metadata(props: dict[str, str], path: str = "model.onnx") -> dict:
     if "edgecls.classes" not in props or "edgecls.preprocess" not in props:
         raise UserError(
             f"{path}: carries no edgecls metadata (classes, preprocessing); export it with pytorch2onnx.py, "
-            "or pass --class_id_path and --input-size/--preprocess"
+            "or pass `class_id_path` and `input_size`/`preprocess`"
         )
     try:
         classes = json.loads(props["edgecls.classes"])

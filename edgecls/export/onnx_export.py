@@ -43,7 +43,7 @@ def export_onnx(
     """Trace `model` (eval mode) at 1x3xHxW. fuse_bn=False keeps BatchNormalization nodes."""
     if opset not in SUPPORTED_OPSETS:
         raise UserError(
-            f"--opset {opset}: choose one of {', '.join(map(str, SUPPORTED_OPSETS))} (NPU toolchains read 11-13)"
+            f"`opset` {opset}: choose one of {', '.join(map(str, SUPPORTED_OPSETS))} (NPU toolchains read 11-13)"
         )
     model = model.eval()
     net = _WithSoftmax(model) if softmax else model
@@ -69,7 +69,7 @@ def export_onnx(
         except RuntimeError as exc:
             raise UserError(
                 f"torch.onnx.export failed at {input_size[0]}x{input_size[1]}, opset {opset}: "
-                f"{str(exc).splitlines()[0][:300]}; try another --input-size or --opset"
+                f"{str(exc).splitlines()[0][:300]}; try another `input_size` or `opset`"
             ) from None
     proto = onnx.load_model_from_string(buf.getvalue())
     name_nodes(proto)

@@ -85,7 +85,7 @@ def load_profile(name_or_path: str) -> Profile:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise UserError(
-            f"--profile {name_or_path}: unknown; choose one of {', '.join(list_profiles())} or a profile .yaml file"
+            f"`profile` {name_or_path}: unknown; choose one of {', '.join(list_profiles())} or a profile .yaml file"
         )
     try:
         data = yaml.safe_load(path.read_text())
@@ -100,7 +100,7 @@ def load_profile(name_or_path: str) -> Profile:
         )
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise UserError(
-            f"--profile {path}: malformed profile ({exc!r}); needs name, ops, opsets, fixed_batch"
+            f"`profile` {path}: malformed profile ({exc!r}); needs name, ops, opsets, fixed_batch"
         ) from None
 
 

@@ -1,7 +1,7 @@
 """Does the ONNX file give the same answers as PyTorch? Real images in, probabilities compared.
 
-Images come from --verify-dir, else the training run's val/ folder, else generated ones
-(seeded noise and gradients) so a bare checkpoint can still be checked. When an image sits in a
+Images come from `verify_dir`, else the val/ folder the checkpoint records it was validated on, else
+generated ones (seeded noise and gradients) so a bare checkpoint can still be checked. When an image sits in a
 folder named after a class, it also counts toward top-1 accuracy.
 """
 
@@ -16,12 +16,13 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-import yaml
 from PIL import Image
 
-from edgecls.data.images import has_image_extension, is_hidden, load_rgb
+from edgecls.data.images import load_rgb
+from edgecls.data.layout import walk_paths
 from edgecls.data.presets import Preprocess
 from edgecls.errors import UserError
+from edgecls.predict import softmax
 
 FP32_MAX_DIFF = 1e-4
 
@@ -55,14 +56,6 @@ def full_check(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        out += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(f) and has_image_extension(f)]
-    return out
-
-
 def _evenly(items: list, count: int) -> list:
     if count <= 0 or len(items) <= count:
         return list(items)
@@ -71,19 +64,19 @@ def _evenly(items: list, count: int) -> list:
 
 
 def load_samples(
-    folder: str | os.PathLike, classes: list[str], count: int, flag: str | None = None
+    folder: str | os.PathLike, classes: list[str], count: int, setting: str | None = None
 ) -> tuple[list[Sample], list[str]]:
     """Up to `count` decodable images (spread over the folder); labels from class-named parent folders.
 
-    `flag` (e.g. "--calib-dir") names the option the folder came from in error messages.
+    `setting` (e.g. "calib_dir") names the setting the folder came from in error messages.
     """
     folder = Path(folder)
-    where = f"{flag} {folder}" if flag else str(folder)
+    where = f"`{setting}` {folder}" if setting else str(folder)
     if not folder.is_dir():
         raise UserError(f"{where}: image folder not found")
     index = {name: i for i, name in enumerate(classes)}
     samples, bad = [], []
-    for path in _evenly(list_images(folder), count):
+    for path in _evenly(walk_paths(folder, images_only=True), count):
         try:
             image = load_rgb(path)
         except (OSError, ValueError, UserError) as exc:
@@ -108,27 +101,14 @@ def generated_samples(count: int, size: tuple[int, int], seed: int = 0) -> list[
     return out
 
 
-def dataset_val_dir(snapshot: str | os.PathLike, ckpt: dict) -> Path | None:
-    """The val/ folder the checkpoint was trained with: from the checkpoint or its run's args.yaml."""
-    data = (ckpt.get("train") or {}).get("config", {}).get("data")
-    args = Path(snapshot).parent / "args.yaml"
-    if not data and args.is_file():
-        try:
-            data = (yaml.safe_load(args.read_text()) or {}).get("data")
-        except yaml.YAMLError:
-            data = None
-    if data and (Path(data) / "val").is_dir():
-        return Path(data) / "val"
-    return None
+def dataset_val_dir(ckpt: dict | None) -> Path | None:
+    """The val/ folder the checkpoint records it was validated on (`ckpt["data"]["val"]`), if it still exists."""
+    val = ((ckpt or {}).get("data") or {}).get("val")
+    return Path(val) if val and Path(val).is_dir() else None
 
 
 def batch_tensor(samples: list[Sample], preprocess: Preprocess) -> np.ndarray:
     return np.stack([preprocess(s.image).numpy() for s in samples]).astype(np.float32)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @torch.no_grad()
@@ -154,7 +134,7 @@ def onnx_probs(sess: ort.InferenceSession, inputs: np.ndarray, graph_softmax: bo
     step = 1 if fixed else 32
     outs = [sess.run(None, {name: inputs[i : i + step]})[0] for i in range(0, len(inputs), step)]
     out = np.concatenate(outs).astype(np.float64)
-    return out if graph_softmax else softmax(out)
+    return out if graph_softmax else softmax(out, dtype=np.float64)
 
 
 def accuracy(probs: np.ndarray, samples: list[Sample]) -> float | None:

@@ -83,8 +83,8 @@ def get_spec(name: str) -> ModelSpec:
     _ensure_builtins()
     if name not in _REGISTRY:
         raise UserError(
-            f"--backbone {name!r} is not registered; choose one of {', '.join(sorted(_REGISTRY))} "
-            "or add a plugin file under --model-def-path"
+            f"`backbone` {name!r} is not registered; choose one of {', '.join(sorted(_REGISTRY))} "
+            "or add a plugin file under `model_def_path`"
         )
     return _REGISTRY[name]
 
@@ -96,7 +96,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
     if pretrained and not spec.has_pretrained:
         raise UserError(
-            f"--pretrained: no offline weights are installed for {name!r}; "
+            f"`pretrained`: no offline weights are installed for {name!r}; "
             f"backbones with weights: {', '.join(n for n in list_models() if _REGISTRY[n].has_pretrained)}"
         )
     if pretrained:
@@ -112,7 +112,7 @@ def load_plugins(model_def_path: str | os.PathLike | None) -> list[str]:
     if not folder.exists():
         return []  # the default ./models/ may be absent when running from elsewhere
     if not folder.is_dir():
-        raise UserError(f"--model-def-path {folder}: not a folder")
+        raise UserError(f"`model_def_path` {folder}: not a folder")
     _ensure_builtins()
     before = set(_REGISTRY)
     for file in sorted(folder.glob("*.py")):

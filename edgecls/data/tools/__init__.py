@@ -2,8 +2,8 @@
 
 Each tool is a module with one importable function (`split_dataset`, `verify_dataset`,
 `augment_dataset`, `import_images`, `dataset_stats`); this file holds the few helpers they
-share: how a dataset folder is laid out, how its files are listed, and how a file is
-placed without ever overwriting another one.
+share: how a dataset folder is laid out (its files are listed by edgecls.data.layout), and how a
+file is placed without ever overwriting another one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecls.atomic import atomic_copy
-from edgecls.data.images import has_image_extension, is_hidden
+from edgecls.data.layout import class_folders
 from edgecls.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -45,29 +45,9 @@ def detect_layout(root: str | os.PathLike) -> Layout:
             f"{root}: has {'/ and '.join(stray)}/ but no train/; add train/<class>/ "
             f"or rename those folders if they are classes"
         )
-    if not visible_subdirs(root):
+    if not class_folders(root):
         raise UserError(f"{root}: no class folders; expected DIR/train/<class>/ or DIR/<class>/ with images")
     return Layout(root, "classes", {"all": root})
-
-
-def visible_subdirs(folder: Path) -> list[str]:
-    """Sorted names of the visible subfolders (the class rule of edgecls.data.classmap)."""
-    try:
-        return sorted(e.name for e in folder.iterdir() if e.is_dir() and not is_hidden(e.name))
-    except OSError:
-        return []
-
-
-def class_files(folder: Path, images_only: bool = False) -> list[Path]:
-    """Every visible file under a class folder (recursively), in a stable sorted order."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-        for name in sorted(filenames):
-            if is_hidden(name) or (images_only and not has_image_extension(name)):
-                continue
-            out.append(Path(dirpath) / name)
-    return out
 
 
 def free_path(path: Path) -> Path:

@@ -21,7 +21,8 @@ from PIL import Image, ImageOps
 
 from edgecls.atomic import atomic_copy, atomic_write_bytes
 from edgecls.data.images import to_rgb
-from edgecls.data.tools import SPLITS, class_files, detect_layout, is_inside
+from edgecls.data.layout import class_folders, walk_paths
+from edgecls.data.tools import SPLITS, detect_layout, is_inside
 from edgecls.data.verify import verify_files
 from edgecls.errors import UserError
 
@@ -159,11 +160,11 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 def _check_out(src: Path, out: Path, force: bool) -> None:
     if is_inside(out, src) or is_inside(src, out):
-        raise UserError(f"--out {out}: must be outside the source folder {src} (and not contain it)")
+        raise UserError(f"`out` {out}: must be outside the source folder {src} (and not contain it)")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+        raise UserError(f"`out` {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out}: already exists and is not empty; choose another folder or pass --force")
+        raise UserError(f"`out` {out}: already exists and is not empty; choose another folder or pass `force`")
 
 
 def augment_dataset(
@@ -186,18 +187,18 @@ def augment_dataset(
     Returns {"counts": {class: {"original", "augmented"}}, "skipped": [(path, reason)], ...}.
     """
     if target_per_class < 1:
-        raise UserError(f"--target-per-class {target_per_class}: must be at least 1")
+        raise UserError(f"`target_per_class` {target_per_class}: must be at least 1")
     if not 0 <= probability <= 1:
-        raise UserError(f"--probability {probability}: must be between 0 and 1")
+        raise UserError(f"`probability` {probability}: must be between 0 and 1")
     bad_ops = [op for op in operations if op not in OPERATIONS]
     if bad_ops or not operations:
-        raise UserError(f"--ops {','.join(operations)}: choose from {','.join(OPERATIONS)}")
+        raise UserError(f"`ops` {','.join(operations)}: choose from {','.join(OPERATIONS)}")
     if not 0 <= max_rotation <= 180:
-        raise UserError(f"--max-rotation {max_rotation}: must be between 0 and 180")
+        raise UserError(f"`max_rotation` {max_rotation}: must be between 0 and 180")
     if not 0 < crop_scale <= 1:
-        raise UserError(f"--crop-scale {crop_scale}: must be greater than 0 and at most 1")
+        raise UserError(f"`crop_scale` {crop_scale}: must be greater than 0 and at most 1")
     if not 0.02 < erase_area < 1:
-        raise UserError(f"--erase-area {erase_area}: must be greater than 0.02 and less than 1")
+        raise UserError(f"`erase_area` {erase_area}: must be greater than 0.02 and less than 1")
     layout = detect_layout(src)
     src, out = layout.root, Path(out)
     _check_out(src, out, force)
@@ -213,9 +214,8 @@ def augment_dataset(
     skipped: list[tuple[str, str]] = []
     replaced = 0
     for _split, (in_root, out_root) in jobs.items():
-        classes = sorted(e.name for e in in_root.iterdir() if e.is_dir() and not e.name.startswith("."))
-        for cls in classes:
-            files = class_files(in_root / cls, images_only=True)
+        for cls in class_folders(in_root):
+            files = walk_paths(in_root / cls, images_only=True)
             verdicts = verify_files([str(p) for p in files], workers=workers)
             good = [p for p in files if verdicts[str(p)] is None]
             skipped += [(str(p), verdicts[str(p)]) for p in files if verdicts[str(p)] is not None]
@@ -238,7 +238,7 @@ def augment_dataset(
                 resize,
             )
     for _split, (in_root, out_root) in plain.items():
-        for path in class_files(in_root, images_only=True):
+        for path in walk_paths(in_root, images_only=True):
             _write_original(path, out_root / path.relative_to(in_root), resize)
     return {
         "src": str(src),

@@ -31,7 +31,8 @@ from pathlib import Path
 from PIL import Image
 
 from edgecls.atomic import atomic_write_bytes, atomic_write_text
-from edgecls.data.images import check_image, is_hidden
+from edgecls.data.images import check_image
+from edgecls.data.layout import is_hidden
 from edgecls.data.tools import SPLITS
 from edgecls.errors import UserError
 
@@ -220,11 +221,11 @@ def import_images(
 ) -> dict:
     """Fetch every row; returns the report {"ok", "duplicate", "failed", "skipped" (resume), "rows"}."""
     if timeout <= 0 or retries < 0 or max_bytes < 1 or workers < 1:
-        raise UserError("--timeout, --max-bytes and --workers must be positive and --retries >= 0")
+        raise UserError("`timeout`, `max_bytes` and `workers` must be positive and `retries` >= 0")
     rows = read_list(csv_path)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+        raise UserError(f"`out` {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     state = _State(out)
     report = {"csv": str(csv_path), "out": str(out), "ok": [], "duplicate": [], "failed": [], "skipped": 0}

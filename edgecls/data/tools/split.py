@@ -17,7 +17,8 @@ from pathlib import Path
 
 from edgecls.atomic import atomic_copy
 from edgecls.data.images import has_image_extension
-from edgecls.data.tools import SPLITS, class_files, detect_layout, free_path, move_file, visible_subdirs
+from edgecls.data.layout import class_folders, walk_paths
+from edgecls.data.tools import SPLITS, detect_layout, free_path, move_file
 from edgecls.errors import UserError
 
 
@@ -56,12 +57,12 @@ def assign_splits(
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction {val_fraction}: must be between 0 and 1 (e.g. 0.2)")
+        raise UserError(f"`val_fraction` {val_fraction}: must be between 0 and 1 (e.g. 0.2)")
     if not 0 <= test_fraction < 1:
-        raise UserError(f"--test-fraction {test_fraction}: must be between 0 and 1 (0 = no test/)")
+        raise UserError(f"`test_fraction` {test_fraction}: must be between 0 and 1 (0 = no test/)")
     if val_fraction + test_fraction >= 1:
         raise UserError(
-            f"--val-fraction + --test-fraction = {val_fraction + test_fraction:g}: "
+            f"`val_fraction` + `test_fraction` = {val_fraction + test_fraction:g}: "
             "must be below 1 so train/ keeps images"
         )
 
@@ -72,7 +73,7 @@ def _count_images(root: Path, split_names, classes) -> Counter:
         for cls in classes:
             folder = root / split / cls if split else root / cls
             if folder.is_dir():
-                counts[cls] += len(class_files(folder, images_only=True))
+                counts[cls] += len(walk_paths(folder, images_only=True))
     return counts
 
 
@@ -91,24 +92,24 @@ def split_dataset(
     wanted = ["train", "val"] + (["test"] if test_fraction > 0 else [])
 
     if layout.kind == "classes":
-        classes = visible_subdirs(root)
+        classes = class_folders(root)
         taken = [c for c in classes if c in SPLITS]
         if taken:
             raise UserError(f"{root}: class folder(s) {taken} use a split name; rename them first")
         sources = {c: [(root / c, "")] for c in classes}
         mode = "move" if move else "copy"
     else:
-        classes = visible_subdirs(root / "train")
+        classes = class_folders(root / "train")
         if not classes:
             raise UserError(f"{root / 'train'}: no class folders; put images in train/<class>/")
         existing = [s for s in ("val", "test") if (root / s).is_dir() and any((root / s).iterdir())]
         if existing and not force:
             raise UserError(
                 f"{root}: {' and '.join(s + '/' for s in existing)} already exist{'' if len(existing) > 1 else 's'}; "
-                "pass --force to put their images back into the pool and split again"
+                "pass `force` to put their images back into the pool and split again"
             )
         for s in existing:
-            unknown = [c for c in visible_subdirs(root / s) if c not in classes]
+            unknown = [c for c in class_folders(root / s) if c not in classes]
             if unknown:
                 raise UserError(f"{root / s}: class folder(s) {unknown} are not in train/; rename or remove them")
         sources = {c: [(root / s / c, s) for s in SPLITS if (root / s / c).is_dir()] for c in classes}
@@ -120,7 +121,7 @@ def split_dataset(
     for cls in classes:
         entries: dict[str, tuple[Path, str]] = {}  # unique key -> (file, path relative to its class folder)
         for folder, split in sources[cls]:
-            for path in class_files(folder):
+            for path in walk_paths(folder):
                 if not has_image_extension(path):
                     left.append(str(path))
                     continue
@@ -160,7 +161,7 @@ def split_dataset(
             raise UserError(f"{root}: original class folders changed during the copy; check and re-run")
 
     counts = {
-        c: {s: len(class_files(root / s / c, images_only=True)) if (root / s / c).is_dir() else 0 for s in wanted}
+        c: {s: len(walk_paths(root / s / c, images_only=True)) if (root / s / c).is_dir() else 0 for s in wanted}
         for c in classes
     }
     return {

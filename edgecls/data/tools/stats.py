@@ -6,16 +6,17 @@ import os
 from pathlib import Path
 
 from edgecls.atomic import atomic_savefig
-from edgecls.data.tools import class_files, detect_layout, visible_subdirs
+from edgecls.data.layout import class_folders, walk_paths
+from edgecls.data.tools import detect_layout
 from edgecls.errors import UserError
 
 
 def dataset_stats(root: str | os.PathLike) -> dict:
     """{"root", "layout", "splits", "classes", "counts": {split: {class: n}}, "totals", "imbalance"}."""
     layout = detect_layout(root)
-    classes = sorted({c for folder in layout.splits.values() for c in visible_subdirs(folder)})
+    classes = sorted({c for folder in layout.splits.values() for c in class_folders(folder)})
     counts = {
-        split: {c: (len(class_files(folder / c, images_only=True)) if (folder / c).is_dir() else 0) for c in classes}
+        split: {c: (len(walk_paths(folder / c, images_only=True)) if (folder / c).is_dir() else 0) for c in classes}
         for split, folder in layout.splits.items()
     }
     totals = {split: sum(row.values()) for split, row in counts.items()}
@@ -34,12 +35,12 @@ def dataset_stats(root: str | os.PathLike) -> dict:
 
 
 def refuse_existing(outputs: dict[str, Path | None], force: bool = False) -> None:
-    """Stop before any work when an output file (flag -> path; None: not written) exists, unless force."""
-    for flag, path in outputs.items():
+    """Stop before any work when an output file (setting name -> path; None: not written) exists, unless force."""
+    for name, path in outputs.items():
         if path is not None and not force and os.path.lexists(path):
             raise UserError(
-                f"{flag} {path}: already exists (it may be one of your images); "
-                f"pass --force to replace it or give another {flag}"
+                f"`{name}` {path}: already exists (it may be one of your images); "
+                f"pass `force` to replace it or give another `{name}`"
             )
 
 

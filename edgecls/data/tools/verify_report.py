@@ -24,8 +24,9 @@ from pathlib import Path
 from PIL import Image
 
 from edgecls.atomic import atomic_write_text
-from edgecls.data.images import IMAGE_EXTENSIONS, has_image_extension, is_hidden, load_rgb_bytes
-from edgecls.data.tools import Layout, class_files, detect_layout, free_path, is_inside, move_file, visible_subdirs
+from edgecls.data.images import IMAGE_EXTENSIONS, has_image_extension, load_rgb_bytes
+from edgecls.data.layout import class_folders, is_hidden, walk_paths
+from edgecls.data.tools import Layout, detect_layout, free_path, is_inside, move_file
 from edgecls.data.verify import _load_cache, _save_cache, _stamp, cache_dir, verify_files
 from edgecls.errors import UserError
 
@@ -99,7 +100,7 @@ def _collect(layout: Layout) -> tuple[list[dict], list[dict], dict[str, list[str
     files, stray = [], []
     classes: dict[str, list[str]] = {}
     for split, folder in layout.splits.items():
-        classes[split] = visible_subdirs(folder)
+        classes[split] = class_folders(folder)
         if layout.kind == "splits":
             for entry in sorted(folder.iterdir()):
                 if entry.is_file() and not is_hidden(entry.name):
@@ -113,7 +114,7 @@ def _collect(layout: Layout) -> tuple[list[dict], list[dict], dict[str, list[str
                         }
                     )
         for cls in classes[split]:
-            for path in class_files(folder / cls):
+            for path in walk_paths(folder / cls):
                 files.append(
                     {"path": str(path), "rel": path.relative_to(layout.root).as_posix(), "split": split, "class": cls}
                 )
@@ -295,12 +296,12 @@ def quarantine(report: dict, qdir: str | os.PathLike, kinds=KINDS) -> list[dict]
     qdir = Path(qdir)
     if report["layout"] == "classes" and is_inside(qdir, root):
         raise UserError(
-            f"--quarantine {qdir}: inside {root}, where it would be read as a class; "
+            f"`quarantine` {qdir}: inside {root}, where it would be read as a class; "
             "choose a folder outside the dataset"
         )
     for split in ("train", "val", "test"):
         if report["layout"] == "splits" and is_inside(qdir, root / split):
-            raise UserError(f"--quarantine {qdir}: inside {root / split}; choose a folder outside the splits")
+            raise UserError(f"`quarantine` {qdir}: inside {root / split}; choose a folder outside the splits")
     moved = []
     for problem in report["problems"]:
         if problem["kind"] not in kinds:

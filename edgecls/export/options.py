@@ -1,0 +1,80 @@
+"""ExportOptions: every export setting, its default, its type, its help and its check, in one table.
+
+pytorch2onnx.py's parser is generated from it (edgecls.settings) with Kneron's flag names (`--snapshot`,
+`--num_classes`); the library reads the same fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecls.export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
+from edgecls.settings import NEGATED, SWITCH, check, parse_size, setting
+
+MODEL, GRAPH, CHECKS, INT8 = "model (Kneron flags)", "graph", "checks", "INT8"
+
+
+@dataclass
+class ExportOptions:
+    # ---- model (Kneron flags)
+    snapshot: str | None = setting(
+        None, "checkpoint (.pth) from train.py, or a bare state_dict with --backbone", group=MODEL, required=True
+    )
+    backbone: str | None = setting(None, "backbone name; read from the checkpoint when omitted", group=MODEL)
+    num_classes: int | None = setting(
+        None,
+        "number of classes; read from the checkpoint when omitted",
+        group=MODEL,
+        parse=int,
+        flags=("--num_classes", "--num-classes"),
+    )
+    model_def_path: str | None = setting("./models/", "folder of user model definitions (plugins)", group=MODEL)
+    save_path: str | None = setting(None, "output .onnx (default: the snapshot path with .onnx)", group=MODEL)
+    force: bool = setting(False, "overwrite existing output files", group=MODEL, kind=SWITCH)
+    # ---- graph
+    opset: int = setting(
+        DEFAULT_OPSET,
+        "ONNX opset; 13 is the newest NPU toolchains read and the first with per-channel "
+        "QuantizeLinear (INT8 --quantize); use 11 for older converters",
+        group=GRAPH,
+        parse=int,
+        choices=SUPPORTED_OPSETS,
+    )
+    input_size: tuple[int, int] | None = setting(
+        None, "H or HxW; default the checkpoint's training size", group=GRAPH, parse=parse_size
+    )
+    dynamic_batch: bool = setting(False, "dynamic batch axis (NPUs want fixed batch 1)", group=GRAPH, kind=SWITCH)
+    softmax: bool = setting(False, "append Softmax so the graph outputs probabilities", group=GRAPH, kind=SWITCH)
+    simplify: bool = setting(True, "skip onnxsim/onnxslim", group=GRAPH, kind=NEGATED, flags=("--no-simplify",))
+    bn_fusion: bool = setting(
+        True,
+        "keep BatchNormalization nodes (workaround for compilers that choke on fused names)",
+        group=GRAPH,
+        kind=NEGATED,
+        flags=("--no-bn-fusion",),
+    )
+    # ---- checks
+    profile: str = setting("kl520", "chip profile: kl520, kl720, generic, or a profile .yaml", group=CHECKS)
+    verify_dir: str | None = setting(
+        None,
+        "images to compare ONNX Runtime with PyTorch on (default: the run's val/ images, else generated)",
+        group=CHECKS,
+    )
+    verify_count: int = setting(
+        200,
+        "at most this many verification images, spread over the folder (at most 32 generated)",
+        group=CHECKS,
+        parse=int,
+        at_least=1,
+    )
+    # ---- INT8
+    quantize: str | None = setting(None, "also write an INT8 (QDQ) model", group=INT8, choices=("int8",))
+    calib_dir: str | None = setting(None, "calibration images (e.g. DATASET/train)", group=INT8)
+    calib_count: int = setting(
+        100, "at most this many calibration images, spread over --calib-dir", group=INT8, parse=int, at_least=1
+    )
+    int8_save_path: str | None = setting(None, "INT8 output (default: SAVE_PATH with .int8.onnx)", group=INT8)
+
+    def check(self) -> None:
+        """Every field against its declared rules (a UserError naming the field)."""
+        check(self)
