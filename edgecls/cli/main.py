@@ -12,6 +12,7 @@ COMMANDS = {
     "export": ("edgecls.cli.export", "checkpoint -> verified, NPU-ready ONNX (+ INT8)"),
     "serve": ("edgecls.cli.serve", "HTTP API and web page for a model"),
     "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
+    "tune": ("edgecls.cli.tune", "hyperparameter search (Optuna), resumable, one machine or many"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
     "demo-data": ("edgecls.data.demo", "write the bundled demo digits as an image folder"),
 }
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.cli.common import run_cli
 
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return run_cli(module.main, argv[1:])
+    return run_cli(module.main, argv[1:], flags=getattr(module, "FLAGS", None))
 
 
 if __name__ == "__main__":
