@@ -35,6 +35,18 @@ batch-size: [16, 32]
 TRAIN = ["--backbone", "FP_classifier", "--input-size", "32", "--hflip", "0", "--workers", "0"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process trials on one thread, like the subprocesses (OMP_NUM_THREADS=1): on a shared 2-core machine
+    two spinning OpenMP threads make these tiny trainings ten times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(digits_dir, tmp_path_factory) -> Path:
     return copy_digits(digits_dir, tmp_path_factory.mktemp("tune") / "data", digits="0123", n_train=24, n_val=8)
@@ -279,6 +291,9 @@ def test_a_bad_value_reaching_a_trial_is_refused_by_train_checks(data, tmp_path)
     """trial_config applies train.py's own checks to whatever the space produced."""
     from edgecls.tune.trial import trial_config
 
-    cfg = TuneConfig(data=str(data), trials=1, out=str(tmp_path / "s"))
+    cfg = TuneConfig(data=str(data), trials=1, out=str(tmp_path / "s"), epochs_max=9)
     with pytest.raises(UserError, match="`momentum` 1.5: must be at least 0 and less than 1"):
         trial_config(cfg, {"momentum": 1.5}, tmp_path / "run")
+    assert trial_config(cfg, {"lr": 0.01}, tmp_path / "run").epochs == 9  # epochs not searched: epochs_max
+    sampled = trial_config(cfg, {"lr": 0.01, "epochs": 3}, tmp_path / "run")
+    assert (sampled.epochs, sampled.lr, sampled.snapshot_path) == (3, 0.01, str(tmp_path / "run"))

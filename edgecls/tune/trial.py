@@ -70,9 +70,8 @@ def trial_dir(cfg: TuneConfig, number: int) -> Path:
 
 def trial_config(cfg: TuneConfig, values: dict, run_dir: Path) -> TrainConfig:
     """The tune command's training settings with the sampled values, checked by train.py's own rules."""
-    train_cfg = dataclasses.replace(
-        cfg.base_train_config(), **values, epochs=values.get("epochs", cfg.epochs_max), snapshot_path=str(run_dir)
-    )
+    settings = {"epochs": cfg.epochs_max, **values, "snapshot_path": str(run_dir)}
+    train_cfg = dataclasses.replace(cfg.base_train_config(), **settings)
     train_cfg.check()
     return train_cfg
 
