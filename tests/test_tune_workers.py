@@ -166,6 +166,7 @@ def test_a_worker_killed_mid_trial_is_continued_by_the_same_command(storage, dat
     assert not any(t.state.name in ("RUNNING", "WAITING") for t in trials)
     assert "3 of 3 trials finished (3 complete, 0 pruned, 0 failed, 1 retried)" in second
     assert "trial 0 [" not in second  # the finished trial was not trained again
+    assert not (out / "trials" / "0001").exists()  # the killed trial's partial folder is removed
 
 
 def test_two_workers_share_one_study_and_stop_at_exactly_n(storage, data, space, tmp_path, request):

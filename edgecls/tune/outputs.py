@@ -144,7 +144,7 @@ def fmt(value) -> str:
 def progress_line(outcome, trials: list[FrozenTrial], study: optuna.Study, n_trials: int, metric: str) -> str:
     """trial 7 [8/16]  complete  val_top1 0.9625  best 0.9712 (trial 2)  41 s  lr=0.003 optimizer=ADAMW ..."""
     done = len(finished(trials))
-    how = "complete" if outcome.state == "COMPLETE" else f"pruned at epoch {outcome.pruned_at}"
+    how = {"COMPLETE": "complete", "PRUNED": f"pruned at epoch {outcome.pruned_at}"}.get(outcome.state, "failed")
     value = "-" if outcome.value is None else f"{outcome.value:.4f}"
     best = best_trial(study)
     best_text = f"best {best.value:.4f} (trial {best.number})" if best is not None else "best -"

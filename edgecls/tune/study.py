@@ -28,7 +28,7 @@ from edgecls.tune.outputs import disk_mb, progress_line, write_outputs
 from edgecls.tune.settings import CONTINUE_MAY_CHANGE, TuneConfig
 from edgecls.tune.space import Space, load_space
 from edgecls.tune.storage import CLAIM_LOCK, JOURNAL, StudyStorage, database_url, open_storage, quiet_optuna
-from edgecls.tune.trial import run_trial
+from edgecls.tune.trial import remove_retried_folders, run_trial
 
 MANIFEST = "study.json"
 SETTINGS_ATTR = "edgecls"
@@ -82,6 +82,7 @@ def work(study: optuna.Study, storage: StudyStorage, cfg: TuneConfig, space: Spa
     while cfg.timeout is None or time.monotonic() - started < cfg.timeout:
         with storage.lock():
             trial, running = claim(study, storage, cfg.trials)
+        remove_retried_folders(study.get_trials(deepcopy=False))
         if trial is None:
             if not running:
                 return

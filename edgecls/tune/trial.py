@@ -2,9 +2,9 @@
 
 The engine runs the training (`edgecls.engine.trainer.fit`); `ReportToTrial`, an engine callback, reports
 the metric after every epoch and stops the run when the pruner says so. The trial's run folder is
-STUDY_DIR/trials/<number>/: kept with its best.pth when the trial finishes (last.pth, only needed to
+STUDY_DIR/trials/<number>/: kept with its best.pth when the trial completes (last.pth, only needed to
 resume a run, is removed: a finished trial is never run again), removed when it is pruned (unless
-`keep_pruned`), left without checkpoints when it fails.
+`keep_pruned`: then kept like a complete one), left without checkpoints when training raised an error.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CONFIG_ATTR = "config"  # the trial's full TrainConfig (to_dict), for best.yaml 
 @dataclass
 class Outcome:
     number: int
-    state: str  # COMPLETE | PRUNED | FAIL
+    state: str  # COMPLETE | PRUNED | FAIL (a NaN value, or failed meanwhile by another process)
     value: float | None
     pruned_at: int | None
     seconds: float
@@ -76,7 +76,9 @@ def trial_config(cfg: TuneConfig, values: dict, run_dir: Path) -> TrainConfig:
     return train_cfg
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: TuneConfig, space: Space, storage: StudyStorage):
+def run_trial(
+    study: optuna.Study, trial: optuna.Trial, cfg: TuneConfig, space: Space, storage: StudyStorage
+) -> Outcome | None:
     """Train one claimed trial and tell the study how it ended; an Outcome (None: another process failed it)."""
     run_dir = trial_dir(cfg, trial.number)
     trial.set_user_attr("host", socket.gethostname())
@@ -88,35 +90,39 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, cfg: TuneConfig, space: 
         with Heartbeat(storage, trial._trial_id, cfg.heartbeat, log=_warn):
             train_cfg = trial_config(cfg, space.sample(trial, vars(cfg.base_train_config())), run_dir)
             trial.set_user_attr(CONFIG_ATTR, train_cfg.to_dict())
-            train(train_cfg, reporter, lines)
+            train_in_process(train_cfg, reporter, lines)
+        return finish(study, trial, reporter, time.monotonic() - started, run_dir, lines, cfg.keep_pruned)
     except optuna.exceptions.UpdateFinishedTrialError:
         _warn(f"trial {trial.number} was marked failed by another process (no heartbeat for {cfg.grace} s)")
         tidy(run_dir, lines, keep=False)
         return None
     except (KeyboardInterrupt, UserError):
-        # Not the settings' fault: queue the trial once more with the same parameters, like a killed one.
-        tell_failed(study, trial, retry=True)
-        tidy(run_dir, lines, keep=False)
+        # Ctrl-C, or a problem with the input (a folder, a file): queue the trial once more with the same
+        # parameters, as for a killed one; should the retry fail too, it counts as failed.
+        if tell_failed(study, trial, retry=True):
+            tidy(run_dir, lines, keep=False)
         raise
     except BaseException:
-        tell_failed(study, trial, retry=False)
-        tidy(run_dir, lines, keep=True)
+        if tell_failed(study, trial, retry=False):
+            tidy(run_dir, lines, keep=True)
         raise
-    seconds = time.monotonic() - started
+
+
+def finish(study, trial, reporter: ReportToTrial, seconds: float, run_dir: Path, lines, keep_pruned: bool) -> Outcome:
+    """Tell the study how the trial ended (pruned, or complete with its best value) and tidy its folder.
+    It ends FAIL instead if its value is NaN, or if another process failed it meanwhile (a stopped heartbeat)."""
     trial.set_user_attr("seconds", round(seconds, 2))
     if reporter.pruned_at is not None:
         trial.set_user_attr("pruned_at", reporter.pruned_at)
-        study.tell(trial, state=TrialState.PRUNED)
-        tidy(run_dir, lines, keep=cfg.keep_pruned)
-        state = "PRUNED"
+        told = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     else:
-        study.tell(trial, reporter.best)
-        tidy(run_dir, lines, keep=True, drop=("last.pth",))
-        state = "COMPLETE"
-    return Outcome(trial.number, state, reporter.best, reporter.pruned_at, seconds, dict(trial.params))
+        told = study.tell(trial, reporter.best, skip_if_finished=True)
+    kept = told.state == TrialState.COMPLETE or (told.state == TrialState.PRUNED and keep_pruned)
+    tidy(run_dir, lines, keep=kept, drop=("last.pth",))
+    return Outcome(trial.number, told.state.name, reporter.best, reporter.pruned_at, seconds, dict(trial.params))
 
 
-def train(train_cfg: TrainConfig, reporter: ReportToTrial, lines: list[str]) -> None:
+def train_in_process(train_cfg: TrainConfig, reporter: ReportToTrial, lines: list[str]) -> None:
     """fit() in this process; its log lines and printed table go to the trial's train.log, not the screen."""
     from edgecls.engine.trainer import fit
 
@@ -126,13 +132,41 @@ def train(train_cfg: TrainConfig, reporter: ReportToTrial, lines: list[str]) -> 
             fit(train_cfg, callbacks=[reporter], log=lines.append)
     finally:
         lines.extend(captured.getvalue().splitlines())
+        release_memory()
 
 
-def tell_failed(study: optuna.Study, trial: optuna.Trial, retry: bool) -> None:
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        study.tell(trial, state=TrialState.FAIL)
-        if retry:
-            retry_once()(study, study._storage.get_trial(trial._trial_id))
+def release_memory() -> None:
+    """Free the finished run's model and image cache now, so the next trial's cache policy (which measures free
+    GPU memory) sees the whole device, not what this one left to the garbage collector."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def tell_failed(study: optuna.Study, trial: optuna.Trial, retry: bool) -> bool:
+    """Mark the trial failed (and queue it again once if `retry`); False if it had already ended."""
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False  # told already (it finished), or failed by another process for a stopped heartbeat
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if retry:
+        retry_once()(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
+def remove_retried_folders(trials: list) -> None:
+    """The partial run folders, on this machine, of trials that died and were queued again (the retry trains
+    in a folder of its own)."""
+    from edgecls.tune.counting import retried_numbers
+
+    retried, host = retried_numbers(trials), socket.gethostname()
+    for t in trials:
+        folder = Path(t.user_attrs.get("run_dir", ""))
+        if t.number in retried and t.user_attrs.get("host") == host and folder.name and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def tidy(run_dir: Path, lines: list[str], keep: bool, drop: tuple[str, ...] = ("best.pth", "last.pth")) -> None:
