@@ -184,6 +184,7 @@ def test_bad_storage_urls_are_one_line_errors_and_write_nothing(url, data, tmp_p
     "argv, message",
     [
         (["--trials", "0"], "--trials 0: must be at least 1"),
+        ([], "--trials: give the number of trials the study ends with, e.g. --trials 16"),
         (["--trials", "2", "--timeout", "0"], "--timeout 0.0: must be greater than 0"),
         (["--trials", "2", "--backbone", "nonet"], "--backbone 'nonet' is not registered"),
         (["--trials", "2", "--backbone", "resnet18", "--dropout", "0.2"], "resnet18 has no dropout layer"),
@@ -193,6 +194,21 @@ def test_bad_settings_are_one_line_errors(argv, message, data, tmp_path, capsys)
     out = tmp_path / "study"
     one_line_error(capsys, [str(data), *argv, "--out", str(out)], message)
     assert not out.exists()
+
+
+def test_a_config_file_takes_tune_flag_names(tmp_path):
+    from edgecls.cli.tune import get_args_parser
+    from edgecls.settings import parse_command_line
+
+    path = tmp_path / "tune.yaml"
+    path.write_text("trials: 12\nepochs-max: 6\nno-prune: true\nbackbone: FP_classifier\ninput-size: 32\n")
+    values, _ = parse_command_line(TuneConfig, get_args_parser(), ["--config", str(path), "DATA", "--trials", "5"])
+    cfg = TuneConfig(**values)
+    assert (cfg.trials, cfg.epochs_max, cfg.prune, cfg.backbone, cfg.input_size) == (5, 6, False, "FP_classifier",
+                                                                                    (32, 32))  # fmt: skip
+    path.write_text("epochs: 3\n")  # the search sets epochs: not a tune key
+    with pytest.raises(UserError, match="unknown key 'epochs'"):
+        parse_command_line(TuneConfig, get_args_parser(), ["--config", str(path), "DATA"])
 
 
 def test_an_out_folder_that_is_not_a_study_is_refused(data, tmp_path, capsys):

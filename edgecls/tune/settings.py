@@ -34,7 +34,7 @@ class TuneConfig(TrainConfig):
     # ---- the search
     trials: int | None = setting(
         None, "finished trials the study ends with (a continued study counts its earlier ones)", group=SEARCH,
-        parse=int, at_least=1, required=True, metavar="N",
+        parse=int, at_least=1, metavar="N",
     )  # fmt: skip
     out: str | None = setting(
         None, "study folder: journal, trials/, trials.csv, best.yaml, best.pth, plots (default: tune/<study>)",

@@ -125,6 +125,8 @@ def check_start(cfg: TuneConfig) -> tuple[Space, list[str]]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("`tune` runs one training at a time per process; start several tune processes, not torchrun")
     cfg.check()
+    if cfg.trials is None:
+        raise UserError("`trials`: give the number of trials the study ends with, e.g. `trials` 16")
     if not cfg.data:
         raise UserError("`data`: give the dataset folder (DATASET/train/<class>/, DATASET/val/<class>/)")
     if not Path(cfg.data).is_dir():
