@@ -586,3 +586,17 @@ def test_a_last_batch_of_one_image_is_left_out_rather_than_crashing_batchnorm(tm
     proc = train([str(small_data), *FAST, "--batch-size", "23", "--snapshot-path", str(tmp_path / "run")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "best.pth").is_file()
+
+
+def test_dropout_goes_to_the_backbone_and_its_checkpoint_and_is_refused_where_there_is_none(tmp_path, small_data):
+    run = tmp_path / "run"
+    proc = train([str(small_data), *FAST, "--dropout", "0.35", "--snapshot-path", str(run)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(run / "best.pth", weights_only=True)
+    assert ckpt["model"]["kwargs"] == {"dropout": 0.35}  # the predictor and export rebuild it the same way
+    assert yaml.safe_load((run / "args.yaml").read_text())["dropout"] == 0.35
+    bad = train([str(small_data), *FAST, "--backbone", "resnet18", "--dropout", "0.2", "--snapshot-path",
+                 str(tmp_path / "r2")], cwd=tmp_path)  # fmt: skip
+    assert_user_error(bad, "--dropout 0.2: resnet18 has no dropout layer")
+    assert not (tmp_path / "r2").exists()
+    assert_user_error(train([str(small_data), *FAST, "--dropout", "1"], cwd=tmp_path), "--dropout 1.0: must be")

@@ -13,6 +13,7 @@ COMMANDS = {
     "serve": ("edgecls.cli.serve", "HTTP API and web page for a model"),
     "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
     "lr-find": ("edgecls.cli.lr_find", "learning-rate range test: a suggested --lr and its chart"),
+    "tune": ("edgecls.cli.tune", "hyperparameter search (Optuna), resumable, one machine or many"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
     "demo-data": ("edgecls.cli.demo", "write the bundled demo digits as an image folder"),
 }

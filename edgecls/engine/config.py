@@ -71,6 +71,14 @@ class TrainConfig:
         None, "normalization preset (default: the backbone's)", group=MODEL, choices=tuple(sorted(PRESETS))
     )
     resize: str = setting("squash", "eval resize: squash to HxW or center_crop", group=MODEL, choices=RESIZE_POLICIES)
+    dropout: float | None = setting(
+        None,
+        "dropout before the classifier, for backbones that have one (FP_classifier, mobilenetv2, efficientnet; "
+        "default: the backbone's)",
+        group=MODEL,
+        parse=float,
+        within="[0, 1)",
+    )
     # ---- recipe and optimization (None: the recipe's value; see edgecls/engine/recipes.py)
     recipe: str | None = setting(
         None,
@@ -224,6 +232,10 @@ class TrainConfig:
     def check(self) -> None:
         """Every field against its declared rules (a UserError naming the field)."""
         check(self)
+
+    def builder_kwargs(self) -> dict:
+        """Keyword arguments for the backbone's builder: `model_kwargs`, plus `dropout` when given."""
+        return {**self.model_kwargs, **({"dropout": self.dropout} if self.dropout is not None else {})}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -47,6 +47,7 @@ from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
 from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, load_plugins
 from edgecls.models.stages import parameter_stages
+from edgecls.models.registry import takes_kwarg
 
 
 @dataclass
@@ -186,8 +187,10 @@ class Run:
         size = tuple(cfg.input_size) if cfg.input_size else spec.input_size
         self.preprocess = Preprocess(input_size=size, preset=cfg.preprocess or spec.preprocess, resize=cfg.resize)
         self.spec = spec
+        if cfg.dropout is not None and not takes_kwarg(cfg.backbone, "dropout"):
+            raise UserError(f"`dropout` {cfg.dropout}: {cfg.backbone} has no dropout layer; leave `dropout` out")
         self.model = create_model(
-            cfg.backbone, num_classes=len(self.classes), pretrained=cfg.pretrained, **cfg.model_kwargs
+            cfg.backbone, num_classes=len(self.classes), pretrained=cfg.pretrained, **cfg.builder_kwargs()
         )
         if cfg.snapshot and load_snapshot:
             skipped = load_initial_weights(self.model, cfg.snapshot)
@@ -408,7 +411,7 @@ class Run:
         cfg = self.cfg
         model = self.ema.module if weights == "ema" and self.ema is not None else self.model
         return make_checkpoint(
-            model, backbone=cfg.backbone, model_kwargs=cfg.model_kwargs, classes=self.classes,
+            model, backbone=cfg.backbone, model_kwargs=cfg.builder_kwargs(), classes=self.classes,
             preprocess=self.preprocess, metrics=metrics, model_name=cfg.model_name,
             data={"root": str(Path(cfg.data).resolve()), "train": str(self.splits["train"].root.resolve()),
                   "val": str(self.splits["val"].root.resolve())},

@@ -89,6 +89,14 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
+def takes_kwarg(name: str, kwarg: str) -> bool:
+    """Does the backbone's builder accept `kwarg` (e.g. dropout)?"""
+    import inspect
+
+    params = inspect.signature(get_spec(name).builder).parameters
+    return kwarg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build a registered backbone with a fresh `num_classes` head."""
     spec = get_spec(name)
