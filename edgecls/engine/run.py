@@ -46,8 +46,8 @@ from edgecls.engine.recorder import RunRecorder
 from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
 from edgecls.errors import UserError
 from edgecls.models import create_model, get_spec, load_plugins
-from edgecls.models.stages import parameter_stages
 from edgecls.models.registry import takes_kwarg
+from edgecls.models.stages import parameter_stages
 
 
 @dataclass

@@ -29,7 +29,7 @@ from edgecls.settings import NEGATED, SWITCH, TOGGLE, Setting, check_value, sett
 
 FLOAT, INT, CATEGORICAL = "float", "int", "categorical"
 ENTRY_KEYS = ("type", "low", "high", "log", "step", "choices")
-# Model, optimisation and augmentation settings can be searched, and these from the stopping group; paths and names cannot.
+# Model, optimisation and augmentation settings can be searched, and these stopping ones; paths and names cannot.
 NOT_SEARCHABLE = ("model_name", "model_def_path", "snapshot", "loss")
 ALSO_SEARCHABLE = ("early_stop", "patience")
 # Sampled first: the settings the others' conditions read.
