@@ -1,4 +1,4 @@
-"""`edgecls data split|verify|augment|import|stats`: dataset tools (argument parsing only)."""
+"""`edgecls data split|verify|augment|import|stats|pack`: dataset tools (argument parsing only)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import json
 import sys
 
 from edgecls.cli.common import DefaultsHelpFormatter, parse_size, require_at_least, require_in, run_cli
+from edgecls.data.tools.pack import PackConfig
 from edgecls.errors import UserError
+from edgecls.settings import add_settings, flag_names
 
 FMT = DefaultsHelpFormatter
+FLAGS = flag_names(PackConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         prog="edgecls data",
         description="Dataset tools: split, verify, augment, "
-        "import, stats. Layouts: DIR/train|val|test/<class>/ or DIR/<class>/.",
+        "import, stats, pack. Layouts: DIR/train|val|test/<class>/ or DIR/<class>/.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{split,verify,augment,import,stats}")
+    sub = parser.add_subparsers(dest="command", metavar="{split,verify,augment,import,stats,pack}")
     sub.required = True
 
     p = sub.add_parser(
@@ -156,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing --png or --json file (without it, an existing file is refused)",
     )
+
+    p = sub.add_parser(
+        "pack",
+        allow_abbrev=False,
+        formatter_class=FMT,
+        help="pack a dataset into WebDataset tar shards (+ index.json) that train.py reads",
+        description="Write DIR/train|val|test/<class>/ as WebDataset tar shards of about --shard-size bytes "
+        "plus SHARDS/index.json (classes, counts and sha256 per shard, the image size if resized). Images are "
+        "verified first (bad ones reported and left out) and shuffled over the shards; shards are written in "
+        "parallel, and an interrupted pack resumes when run again. Then: train.py SHARDS.",
+    )
+    add_settings(p, PackConfig, config=False)
     return parser
 
 
@@ -251,7 +266,15 @@ def _stats(args) -> int:
     return 0
 
 
-COMMANDS = {"split": _split, "verify": _verify, "augment": _augment, "import": _import, "stats": _stats}
+def _pack(args) -> int:
+    from edgecls.data.tools.pack import format_pack_report, pack_dataset
+
+    values = {k: v for k, v in vars(args).items() if k in PackConfig.__dataclass_fields__}
+    print(format_pack_report(pack_dataset(PackConfig(**values))))
+    return 0
+
+
+COMMANDS = {"split": _split, "verify": _verify, "augment": _augment, "import": _import, "stats": _stats, "pack": _pack}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv)
+    return run_cli(main, argv, flags=FLAGS)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--snapshot", default=None, metavar="PTH", help="edgecls checkpoint, or a bare state_dict with --backbone"
     )
     g.add_argument("--onnx", default=None, metavar="ONNX", help="ONNX model (onnxruntime) instead of --snapshot")
-    g.add_argument("--data-dir", default=None, help="dataset folder holding the split (or the split folder itself)")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset folder holding the split (or the split folder itself), or a shard folder (edgecls data pack)",
+    )
     g.add_argument("--split", default="val", help="subfolder of --data-dir to evaluate")
     g.add_argument(
         "--backbone", default=None, help="backbone for a bare state_dict (default: read from the checkpoint)"
@@ -136,11 +140,16 @@ def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, i
 
 def run_dataset_mode(args) -> dict:
     from edgecls.cli.inference import load_predictor, progress_bar
+    from edgecls.data.shards.index import split_for_model
 
     predictor = load_predictor(args)
-    folder = split_folder(args.data_dir, args.split)
-    samples, skipped = dataset_samples(folder, predictor.classes)
-    labels = dict(samples)
+    shard_split = split_for_model(args.data_dir, args.split, predictor.classes)  # None: an image folder
+    if shard_split is not None:
+        folder, samples, skipped = shard_split
+    else:
+        folder = split_folder(args.data_dir, args.split)
+        samples, skipped = dataset_samples(folder, predictor.classes)
+    labels = {str(path): label for path, label in samples}  # a shard Member is named by str()
     y_true, rows, kept_paths = [], [], []
     unreadable = list(skipped)
     with progress_bar(len(samples), args.progress, desc="evaluate") as bar:

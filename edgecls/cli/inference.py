@@ -45,7 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_config_flag(p)
     g = p.add_argument_group("input and output")
     g.add_argument(
-        "--img-path", required=True, help="an image file, a folder of images, or a quoted glob ('imgs/*.jpg')"
+        "--img-path",
+        required=True,
+        help="an image file, a folder of images, a quoted glob ('imgs/*.jpg'), or a shard folder (or one .tar of it)",
     )
     g.add_argument(
         "--save-path",
@@ -101,7 +103,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- inputs
 def collect_images(spec: str) -> tuple[list[str], bool]:
-    """(image paths, many) for a file, a folder (recursive, hidden entries skipped) or a glob."""
+    """(image paths, many) for a file, a folder (recursive, hidden entries skipped) or a glob; a shard folder
+    (edgecls data pack) or one of its .tar files: the Members of its images."""
+    from edgecls.data.shards.index import shard_sources
+
+    members = shard_sources(spec)
+    if members is not None:
+        return members, True
     path = Path(spec)
     if path.is_file():
         return [str(path)], False
@@ -296,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = output_folder(args.save_path)
     prepare_output_folder(folder, args.force)
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(str(p))) for p in paths])
     used: set[str] = set()
     rows, failed = [], []
     with progress_bar(len(paths), args.progress) as bar:

@@ -11,7 +11,7 @@ COMMANDS = {
     "eval": ("edgecls.cli.eval", "accuracy, precision/recall/F1, confusion matrix"),
     "export": ("edgecls.cli.export", "checkpoint -> verified, NPU-ready ONNX (+ INT8)"),
     "serve": ("edgecls.cli.serve", "HTTP API and web page for a model"),
-    "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
+    "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats, pack"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
     "demo-data": ("edgecls.data.demo", "write the bundled demo digits as an image folder"),
 }
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.cli.common import run_cli
 
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return run_cli(module.main, argv[1:])
+    return run_cli(module.main, argv[1:], flags=getattr(module, "FLAGS", None))  # `field` -> its flag in errors
 
 
 if __name__ == "__main__":
