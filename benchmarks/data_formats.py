@@ -21,7 +21,8 @@ decoded-image cache in a fresh --cache-dir, so `auto` = ram on a CPU):
   shards are packed at --stream-shard-size so every DataLoader worker gets whole shards)
 Per format: epoch 1 seconds (the image cache's set-up, from timings.json, plus epoch 1's training) and epoch
 2 seconds; each as images/s over the ceiling (train_speed.py's: fwd + bwd + step on pre-made tensors, same
-model, batch and input); the disk bytes train.py reads; the pack or cache-build time. The page cache is
+model, batch and input); the disk space of what train.py reads (allocated blocks); the pack or cache-build
+time. The page cache is
 warmed (every file read once) before each run: the figures are for a warm disk.
 Targets (issue 18): shards no slower than the folder; cache-warm epoch 1 >= 0.95 x its epoch 2.
 """
@@ -111,7 +112,9 @@ def photo_folder(out: Path, train: int, val: int) -> Path:
 
 
 def folder_bytes(folder: Path, pattern: str = "*") -> int:
-    return sum(f.stat().st_size for f in folder.rglob(pattern) if f.is_file() and not f.name.startswith("."))
+    """Disk space the files take (allocated blocks: a 300-byte PNG still takes a 4 kB block, a tar member 1.5 kB)."""
+    files = [f for f in folder.rglob(pattern) if f.is_file() and not f.name.startswith(".")]
+    return sum(f.stat().st_blocks * 512 for f in files)
 
 
 def warm_page_cache(folder: Path) -> None:

@@ -19,6 +19,7 @@ from conftest import REPO, copy_digits, run_cmd
 
 from edgecls.data.shards.index import load_index, scan_shards
 from edgecls.data.tools.pack import JOURNAL, PackConfig, pack_dataset
+from edgecls.engine.callbacks import Callback
 from edgecls.engine.config import TrainConfig
 
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -128,25 +129,25 @@ def test_pack_refuses_to_overwrite_without_force(small, tmp_path, capsys):
     from edgecls.cli.data import cli
 
     out = tmp_path / "shards"
-    assert cli([str(small), "--out", str(out), "--shard-size", "50KB"]) == 0
+    assert cli(["pack", str(small), "--out", str(out), "--shard-size", "50KB"]) == 0
     before = (out / "index.json").read_bytes()
     capsys.readouterr()
-    assert cli([str(small), "--out", str(out)]) == 2  # a finished shard set
+    assert cli(["pack", str(small), "--out", str(out)]) == 2  # a finished shard set
     assert "already holds a shard set" in capsys.readouterr().err
     assert (out / "index.json").read_bytes() == before
-    assert cli([str(small), "--out", str(out), "--shard-size", "20KB", "--force"]) == 0
+    assert cli(["pack", str(small), "--out", str(out), "--shard-size", "20KB", "--force"]) == 0
     assert load_index(out)["shard_size"] == 20_000
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no journal, no temp file
 
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    assert cli([str(small), "--out", str(other)]) == 2
+    assert cli(["pack", str(small), "--out", str(other)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out ") and "--force" in err  # field names rendered as flags
-    assert cli([str(small), "--out", str(other), "--force"]) == 0
+    assert cli(["pack", str(small), "--out", str(other), "--force"]) == 0
     assert (other / "notes.txt").read_text() == "mine"  # --force replaces only a pack's own files
-    assert cli([str(small), "--out", str(small / "train" / "packed")]) == 2  # never inside a split
+    assert cli(["pack", str(small), "--out", str(small / "train" / "packed")]) == 2  # never inside a split
 
 
 def test_pack_resumes_after_sigkill_keeping_the_finished_shards(digits_dir, tmp_path):
@@ -199,6 +200,17 @@ def test_training_from_shards_matches_the_folder(packed, folder_run, tmp_path):
     assert timings["cache"] == "ram" and timings["train_images"] == 96
 
 
+class StopAfter(Callback):
+    """Ends a run after `epochs` epochs, as an interruption would (the next epoch's state is in last.pth)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, run, metrics: dict) -> None:
+        if metrics["epoch"] >= self.epochs:
+            run.stop(f"stopped after epoch {self.epochs} by the test")
+
+
 def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path):
     from edgecls.engine.trainer import fit, resume
 
@@ -208,10 +220,12 @@ def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path):
     timings = json.loads((straight / "timings.json").read_text())
     assert timings["shards_streamed"] and timings["cache"] == "none"
     interrupted = tmp_path / "interrupted"
-    fit(train_config(packed, interrupted, **{**cfg, "epochs": 2}))
-    resume(interrupted, {"epochs": 3})
+    fit(train_config(packed, interrupted, **cfg), callbacks=[StopAfter(2)])
+    assert len(summary(interrupted)) == 2
+    resume(interrupted)
     assert summary(interrupted) == summary(straight)
-    assert float(summary(straight)[-1]["val_top1"]) > 0.25  # it learns (chance: 0.25)
+    rows = summary(straight)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
 
 
 def test_streaming_refuses_fewer_shards_than_workers(small, tmp_path, capsys):

@@ -73,7 +73,10 @@ def resolve_dataset(root: str | os.PathLike) -> tuple[Path, list[str]]:
         raise UserError(f"{root}: dataset folder not found; expected DATASET/train/<class>/ and DATASET/val/<class>/")
     train = root / "train"
     if not train.is_dir():
-        raise UserError(f"{root}: no train/ folder; expected {root}/train/<class>/<images> (and val/)")
+        raise UserError(
+            f"{root}: no train/ folder; expected {root}/train/<class>/<images> (and val/), or a shard folder's "
+            "index.json (edgecls data pack)"
+        )
     return root, discover_classes(train)
 
 

@@ -225,9 +225,9 @@ def plan_mode(
         from edgecls.data.shards.stream import check_stream
 
         check_stream(train_shards, ranks.world_size, settings.workers, settings.batch_size, where)
-    if mode == "disk" and not store.fits(total):
+    if (mode == "disk" or (mode == "gpu" and ranks.distributed)) and not store.fits(total):  # both on disk
         raise UserError(
-            f"`cache_images` disk: the decoded images need {format_bytes(total)}, over `cache_limit` "
+            f"`cache_images` {mode}: the decoded images need {format_bytes(total)}, over `cache_limit` "
             f"{format_bytes(store.limit)}; raise `cache_limit` or use `cache_images` ram|none"
         )
     return mode

@@ -63,7 +63,10 @@ class PackConfig:
     )
     out: str | None = setting(None, "folder for the shards and index.json", required=True, metavar="SHARDS")
     shard_size: int = setting(
-        100_000_000, "about this many bytes per shard, e.g. 100MB or 1GiB (default: 100MB)", parse=parse_bytes
+        100_000_000,
+        "about this many bytes per shard, e.g. 100MB or 1GiB (default: 100MB)",
+        parse=parse_bytes,
+        metavar="SIZE",
     )
     resize_to: tuple | None = setting(
         None,
@@ -73,7 +76,7 @@ class PackConfig:
         metavar="SIZE",
     )
     seed: int = setting(0, "seed of the shuffle that spreads each split's images over its shards", parse=int)
-    workers: int | None = setting(None, "processes (default: every core)", parse=int, at_least=1)
+    workers: int | None = setting(None, "processes (default: every core)", parse=int, at_least=1, metavar="N")
     force: bool = setting(
         False, "replace what --out holds from an earlier pack (a shard set or unfinished work)", kind=SWITCH
     )
