@@ -23,6 +23,8 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then   # apt-get install dataset-fa
         --json "$OUT/fill_reader_png.json"
     run "$PY" benchmarks/train_speed.py --backbone FP_classifier --data "$OUT/fmnist_png" --batch-size 64 \
         --epochs 2 --json "$OUT/train_speed_fp_classifier_cpu.json"
+    # Issue 18: folder vs shards vs resized shards vs a warm persistent cache (both configs).
+    run "$PY" benchmarks/data_formats.py --out "$OUT/data_formats" --json "$OUT/data_formats.json"
 else
     echo "skipping the 70,000-image benchmarks: apt-get install dataset-fashion-mnist"
 fi

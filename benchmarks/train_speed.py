@@ -55,6 +55,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None, help="train.py --workers (default: CPU count, max 16)")
     ap.add_argument("--cache-images", default="auto", help="train.py --cache-images")
     ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="train.py --cache-dir (default: a new empty folder per train.py run, so every run starts cold; "
+        "give one folder twice to measure a run that starts from the rows an earlier run kept)",
+    )
+    ap.add_argument(
+        "--train-data",
+        default=None,
+        help="what train.py reads instead of --data, e.g. a shard folder packed from it (the ceiling's images "
+        "still come from --data)",
+    )
+    ap.add_argument(
         "--ceiling-steps",
         type=int,
         default=None,
@@ -165,7 +177,7 @@ def run_train(args, run_dir: Path, epochs: int) -> dict:
     cmd = [
         sys.executable,
         str(REPO / "train.py"),
-        args.data,
+        args.train_data or args.data,
         "--backbone",
         args.backbone,
         "--epochs",
@@ -188,6 +200,8 @@ def run_train(args, run_dir: Path, epochs: int) -> dict:
         args.cache_images,
         "--recipe",
         "kneron",  # SGD and crop + flip only, as the ceiling steps (speed, not accuracy, is measured here)
+        "--cache-dir",
+        args.cache_dir or str(run_dir.parent / f"cache-{run_dir.name}"),
     ]
     if args.input_size:
         cmd += ["--input-size", args.input_size]
@@ -268,6 +282,7 @@ def main(argv=None) -> int:
         result.update(
             {
                 "backbone": args.backbone,
+                "train_data": args.train_data or args.data,
                 "input": [h, w],
                 "batch_size": args.batch_size,
                 "amp": args.amp,

@@ -28,7 +28,13 @@ MAX_PREDICTION_BYTES = 16 * 2**20  # a larger .json is not one of our records (a
 
 # ----------------------------------------------------------------------------- inputs
 def collect_images(spec: str) -> tuple[list[str], bool]:
-    """(image paths, many) for a file, a folder (recursive, hidden entries skipped) or a glob."""
+    """(image paths, many) for a file, a folder (recursive, hidden entries skipped) or a glob; a shard folder
+    (edgecls data pack) or one of its .tar files: the Members of its images."""
+    from edgecls.data.shards.index import shard_sources
+
+    members = shard_sources(spec)
+    if members is not None:
+        return members, True
     path = Path(spec)
     if path.is_file():
         return [str(path)], False
@@ -165,7 +171,7 @@ def classify_many(predictor, paths: list[str], folder: Path, topk: int, batch_si
     """One record per image in `folder` (prepared by prepare_output_folder), then summary.csv."""
     from edgecls.progress import progress_bar
 
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(str(p))) for p in paths])
     used: set[str] = set()
     run, rows = FolderRun(folder, len(paths)), []
     with progress_bar(len(paths), progress) as bar:

@@ -69,12 +69,18 @@ def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, i
 def run_dataset_mode(
     predictor, data_dir: str, split: str = "val", batch_size: int = 32, workers: int | None = None, progress=False
 ) -> dict:
-    """Run `predictor` over every image of DATA_DIR/<split>/<class>/ (unreadable files are listed, not fatal)."""
+    """Run `predictor` over every image of DATA_DIR/<split>/<class>/, or of a shard folder's split (edgecls data
+    pack); unreadable files are listed, not fatal."""
+    from edgecls.data.shards.index import split_for_model
     from edgecls.progress import progress_bar
 
-    folder = split_folder(data_dir, split)
-    samples, skipped = dataset_samples(folder, predictor.classes)
-    labels = dict(samples)
+    shard_split = split_for_model(data_dir, split, predictor.classes)  # None: an image folder
+    if shard_split is not None:
+        folder, samples, skipped = shard_split
+    else:
+        folder = split_folder(data_dir, split)
+        samples, skipped = dataset_samples(folder, predictor.classes)
+    labels = {str(path): label for path, label in samples}  # a shard Member is named by str()
     y_true, rows, kept_paths = [], [], []
     unreadable = list(skipped)
     with progress_bar(len(samples), progress, desc="evaluate") as bar:
@@ -85,7 +91,7 @@ def run_dataset_mode(
             if error:
                 unreadable.append((path, error))
                 continue
-            y_true.append(labels[path])
+            y_true.append(labels[str(path)])
             rows.append(probs)
             kept_paths.append(path)
     scores = np.stack(rows) if rows else np.zeros((0, len(predictor.classes)))

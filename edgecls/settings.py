@@ -310,6 +310,31 @@ def render_fields(message: str, flags: Mapping[str, str]) -> str:
     return _FIELD.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """'100MB' -> 100_000_000, '1.5GiB' -> 1_610_612_736, '4096' -> 4096 (KB/MB/GB decimal, KiB/MiB/GiB binary).
+
+    Hand-written: ten lines, where a package (humanfriendly) would be a dependency for one call."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", str(text).lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a size such as 100MB, 2GB, 512MiB or a number of bytes")
+    value = float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 byte")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as a person reads them, in the decimal units the size flags take: 1.2 GB, 350 MB, 12 kB."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}" if n / scale < 100 else f"{n / scale:.0f} {unit}"
+    return f"{int(n)} B"
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'224' -> (224, 224); '56x32' or '56,32' -> (56, 32) as H x W."""
     parts = str(text).lower().replace(",", "x").split("x")

@@ -1,4 +1,4 @@
-"""`edgecls data split|verify|augment|import|stats`: dataset tools (argument parsing and printing only).
+"""`edgecls data split|verify|augment|import|stats|pack`: dataset tools (argument parsing and printing only).
 
 Each subcommand's flags are generated from its settings dataclass below; the tools are edgecls.data.tools'.
 """
@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from edgecls.cli.common import run_cli
+from edgecls.data.tools.pack import PackConfig
 from edgecls.errors import UserError
 from edgecls.settings import (
     POSITIONAL,
@@ -184,6 +185,14 @@ SUBCOMMANDS = {  # name: (settings, one-line help, description)
         "counts per class and split, a class-histogram PNG",
         "Count image files per class and split (no decoding) and plot them.",
     ),
+    "pack": (
+        PackConfig,
+        "pack a dataset into WebDataset tar shards (+ index.json) that train.py reads",
+        "Write DIR/train|val|test/<class>/ as WebDataset tar shards of about --shard-size bytes "
+        "plus SHARDS/index.json (classes, counts and sha256 per shard, the image size if resized). Images are "
+        "verified first (bad ones reported and left out) and shuffled over the shards; shards are written in "
+        "parallel, and an interrupted pack resumes when run again. Then: train.py SHARDS.",
+    ),
 }
 FLAGS = flag_names(*(cls for cls, _, _ in SUBCOMMANDS.values()))
 
@@ -193,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         prog="edgecls data",
         description="Dataset tools: split, verify, augment, "
-        "import, stats. Layouts: DIR/train|val|test/<class>/ or DIR/<class>/.",
+        "import, stats, pack. Layouts: DIR/train|val|test/<class>/ or DIR/<class>/.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{split,verify,augment,import,stats}")
+    sub = parser.add_subparsers(dest="command", metavar="{split,verify,augment,import,stats,pack}")
     sub.required = True
     for name, (cls, help_, description) in SUBCOMMANDS.items():
         p = sub.add_parser(
@@ -288,7 +297,14 @@ def _stats(s: StatsCommand) -> int:
     return 0
 
 
-COMMANDS = {"split": _split, "verify": _verify, "augment": _augment, "import": _import, "stats": _stats}
+def _pack(s: PackConfig) -> int:
+    from edgecls.data.tools.pack import format_pack_report, pack_dataset
+
+    print(format_pack_report(pack_dataset(s)))
+    return 0
+
+
+COMMANDS = {"split": _split, "verify": _verify, "augment": _augment, "import": _import, "stats": _stats, "pack": _pack}
 
 
 def parse(argv: list[str] | None):

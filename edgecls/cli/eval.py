@@ -36,7 +36,11 @@ class EvalCommand:
         None, "edgecls checkpoint, or a bare state_dict with --backbone", group=DATASET, metavar="PTH"
     )
     onnx: str | None = setting(None, "ONNX model (onnxruntime) instead of --snapshot", group=DATASET, metavar="ONNX")
-    data_dir: str | None = setting(None, "dataset folder holding the split (or the split folder itself)", group=DATASET)
+    data_dir: str | None = setting(
+        None,
+        "dataset folder holding the split (or the split folder itself), or a shard folder (edgecls data pack)",
+        group=DATASET,
+    )
     split: str = setting("val", "subfolder of --data-dir to evaluate", group=DATASET)
     backbone: str | None = setting(
         None, "backbone for a bare state_dict (default: read from the checkpoint)", group=DATASET

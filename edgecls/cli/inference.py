@@ -39,7 +39,10 @@ IO, MODEL, PREPROCESS, HARDWARE = (
 class InferenceCommand:
     # ---- input and output
     img_path: str | None = setting(
-        None, "an image file, a folder of images, or a quoted glob ('imgs/*.jpg')", group=IO, required=True
+        None,
+        "an image file, a folder of images, a quoted glob ('imgs/*.jpg'), or a shard folder (or one .tar of it)",
+        group=IO,
+        required=True,
     )
     save_path: str = setting(
         "inference_result.json",

@@ -11,7 +11,7 @@ COMMANDS = {
     "eval": ("edgecls.cli.eval", "accuracy, precision/recall/F1, confusion matrix"),
     "export": ("edgecls.cli.export", "checkpoint -> verified, NPU-ready ONNX (+ INT8)"),
     "serve": ("edgecls.cli.serve", "HTTP API and web page for a model"),
-    "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats"),
+    "data": ("edgecls.cli.data", "dataset tools: split, verify, augment, import, stats, pack"),
     "lr-find": ("edgecls.cli.lr_find", "learning-rate range test: a suggested --lr and its chart"),
     "tune": ("edgecls.cli.tune", "hyperparameter search (Optuna), resumable, one machine or many"),
     "models": ("edgecls.cli.models", "list the registered backbones"),

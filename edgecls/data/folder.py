@@ -2,7 +2,9 @@
 
 `scan_dataset` lists every file under each class folder, verifies that it decodes (in
 parallel, results cached by path + size + mtime) and returns the good samples plus one
-report of the bad ones, so training never meets a broken file mid-epoch.
+report of the bad ones, so training never meets a broken file mid-epoch. A shard folder
+(`edgecls data pack`'s output, recognized by its index JSON) is read from its index instead:
+its samples are `Member`s of the tar shards, in the source folder's order.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Split:
     root: Path
     samples: list[tuple[str, int]] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    shards: list | None = None  # shards.index.ShardFile per tar, for a split read from a shard folder
 
     def counts(self, num_classes: int) -> list[int]:
         out = [0] * num_classes
@@ -64,14 +67,21 @@ def resolve_dataset(root: str | os.PathLike) -> tuple[Path, list[str]]:
         raise UserError(f"{root}: dataset folder not found; expected DATASET/train/<class>/ and DATASET/val/<class>/")
     train = root / "train"
     if not train.is_dir():
-        raise UserError(f"{root}: no train/ folder; expected {root}/train/<class>/<images> (and val/)")
+        raise UserError(
+            f"{root}: no train/ folder; expected {root}/train/<class>/<images> (and val/), or a shard folder's "
+            "index.json (edgecls data pack)"
+        )
     return root, discover_classes(train)
 
 
 def scan_dataset(
     root: str | os.PathLike, splits=("train", "val"), workers: int | None = None, use_cache: bool = True
 ) -> tuple[list[str], dict[str, Split]]:
-    """Classes from train/, then each existing split scanned and verified."""
+    """Classes from train/, then each existing split scanned and verified (or a shard folder's index read)."""
+    from edgecls.data.shards.index import scan_shards, shard_index_path
+
+    if shard_index_path(root) is not None:
+        return scan_shards(root, splits)
     root, classes = resolve_dataset(root)
     out: dict[str, Split] = {}
     for name in splits:

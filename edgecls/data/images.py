@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgecls.data.shards.member import open_source
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # A decompression bomb is refused rather than decoded (PIL default is ~89 Mpx warning).
@@ -53,15 +55,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike, *, jpeg_shrink: int = 1) -> Image.Image:
-    """Decode a file and return RGB; raises OSError/ValueError on a bad image.
+def load_rgb(path, *, jpeg_shrink: int = 1) -> Image.Image:
+    """Decode a file (a path, or a `Member` of a tar shard) and return RGB; raises OSError/ValueError on a bad image.
 
     `jpeg_shrink` > 1 decodes a JPEG at up to that fraction of its size (DCT scaling): every
     entropy-coded byte is still read, so truncation and corrupt data are still found, cheaper.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(open_source(path)) as img:
             if jpeg_shrink > 1 and img.format == "JPEG":
                 img.draft(None, (max(1, img.width // jpeg_shrink), max(1, img.height // jpeg_shrink)))
             img.load()

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,10 +24,16 @@ from edgecls.data.augment import make_eraser, make_policy
 from edgecls.data.cache import decoded, gpu, policy
 from edgecls.data.cache.augment import BatchAugment
 from edgecls.data.cache.loader import CachedLoader, CachedSet, shuffled_order
+from edgecls.data.cache.store import DEFAULT_LIMIT, CacheStore
 from edgecls.data.cache.train_decoder import TrainDecoder
 from edgecls.data.folder import FolderDataset
 from edgecls.data.presets import Preprocess
 from edgecls.data.transforms import TrainTransform
+from edgecls.errors import UserError
+from edgecls.settings import format_bytes
+
+if TYPE_CHECKING:
+    from edgecls.data.shards.stream import ShardStreams
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -56,6 +63,11 @@ class LoaderSettings:
     seed: int = 0
     augment: str | None = None  # none | light | trivial | randaugment (edgecls.data.augment)
     random_erasing: float = 0.0
+    cache_dir: str | None = None  # the persistent cache folder (None: $EDGECLS_CACHE_DIR/images)
+    cache_limit: int = DEFAULT_LIMIT  # bytes the persistent cache folder may hold
+
+    def store(self, log=print) -> CacheStore:
+        return CacheStore(self.cache_dir, self.cache_limit, log=log)
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -75,16 +87,21 @@ class ShardSampler(torch.utils.data.Sampler):
 class Loaders:
     """Each epoch's training loader and the validation loader, over the cache mode chosen once."""
 
-    train_set: FolderDataset | CachedSet
-    val_set: FolderDataset | CachedSet
+    train_set: FolderDataset | CachedSet | list  # a streamed shard set: its samples (for their count)
+    val_set: FolderDataset | CachedSet | list
     preprocess: Preprocess
     settings: LoaderSettings
     device: torch.device
     ranks: Ranks
     mode: str  # none | ram | disk | gpu
     timings: dict = field(default_factory=dict)
+    stream: ShardStreams | None = None  # mode none over a shard set: whole shards streamed each epoch
 
     def __post_init__(self):
+        if self.stream is not None:
+            self.drop_last, self.augment = False, None
+            self.steps_per_epoch = self.stream.steps_per_epoch
+            return
         # On a GPU every training batch has one shape (cudnn autotunes once); on the CPU no image is left
         # out, except a last batch of one image, which BatchNorm cannot train on (a different one each epoch).
         per_rank = math.ceil(len(self.train_set) / self.ranks.world_size)
@@ -112,6 +129,8 @@ class Loaders:
     def train(self, epoch: int):
         """The training batches of `epoch`: (float images, labels), shuffled and augmented from its seed."""
         seed = self.epoch_seed(epoch)
+        if self.stream is not None:
+            return self.stream.train(seed)
         sampler = None
         if self.ranks.distributed:
             sampler = DistributedSampler(
@@ -134,6 +153,8 @@ class Loaders:
 
     def val(self):
         """The validation batches, in order; under DDP each rank gets every world_size-th image."""
+        if self.stream is not None:
+            return self.stream.val()
         ranks = self.ranks
         sampler = ShardSampler(len(self.val_set), ranks.rank, ranks.world_size) if ranks.distributed else None
         if self.cached:
@@ -153,7 +174,7 @@ class Loaders:
             num_workers=self.settings.workers,
             pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
-            worker_init_fn=_worker_init,
+            worker_init_fn=worker_init,
             generator=generator,
             persistent_workers=False,
         )
@@ -170,7 +191,8 @@ class Loaders:
                 self.train_set, self.settings.batch_size, self.device, preprocess=self.preprocess, augment=plain,
                 sampler=subset,
             )  # fmt: skip
-        dataset = torch.utils.data.Subset(FolderDataset(self.train_set.samples, self.preprocess), subset)
+        samples = self.train_set if isinstance(self.train_set, list) else self.train_set.samples  # streamed: Members
+        dataset = torch.utils.data.Subset(FolderDataset(samples, self.preprocess), subset)
         return self._data_loader(dataset, shuffle=False, seed=self.settings.seed)
 
     def fill_timings(self) -> dict:
@@ -179,7 +201,7 @@ class Loaders:
         return fill_timings(self.train_set)
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
     """DataLoader workers: Python's and numpy's RNGs follow the worker's torch seed (TrainTransform uses them)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
@@ -200,9 +222,43 @@ def fill_timings(train_set) -> dict:
     }
 
 
+def plan_mode(
+    train_samples: list,
+    val_samples: list,
+    preprocess: Preprocess,
+    settings: LoaderSettings,
+    *,
+    device: torch.device,
+    ranks: Ranks = Ranks(),
+    train_shards: list | None = None,
+    where: str = "the shard set",
+) -> str:
+    """The cache mode a run gets (auto resolved by the budgets and `cache_limit`). Refuses, with a UserError,
+    what would fail later: a streamed shard set that cannot feed every rank's every worker, a disk cache over
+    `cache_limit`. Cheap: call it before a run writes anything."""
+    train_size = policy.train_cache_size(preprocess, settings.crop_scale)
+    total = policy.cache_bytes(len(train_samples), train_size) + policy.cache_bytes(
+        len(val_samples), preprocess.input_size
+    )
+    store = settings.store()
+    mode = policy.resolve_mode(
+        settings.cache, total, distributed=ranks.distributed, device=device, limit=store.limit, cache_dir=store.root
+    )
+    if mode == "none" and train_shards is not None:
+        from edgecls.data.shards.stream import check_stream
+
+        check_stream(train_shards, ranks.world_size, settings.workers, settings.batch_size, where)
+    if (mode == "disk" or (mode == "gpu" and ranks.distributed)) and not store.fits(total):  # both on disk
+        raise UserError(
+            f"`cache_images` {mode}: the decoded images need {format_bytes(total)}, over `cache_limit` "
+            f"{format_bytes(store.limit)}; raise `cache_limit` or use `cache_images` ram|none"
+        )
+    return mode
+
+
 def build_loaders(
-    train_samples: list[tuple[str, int]],
-    val_samples: list[tuple[str, int]],
+    train_samples: list,
+    val_samples: list,
     preprocess: Preprocess,
     settings: LoaderSettings,
     *,
@@ -210,43 +266,55 @@ def build_loaders(
     ranks: Ranks = Ranks(),
     first_epoch: int = 0,
     log=print,
+    train_shards: list | None = None,
+    val_shards: list | None = None,
+    where: str = "the shard set",
 ) -> Loaders:
-    """Choose the cache mode, build the caches (the DDP protocol included) and return the Loaders."""
+    """Choose the cache mode, build the caches (the DDP protocol included) and return the Loaders. A shard
+    set's `train_shards` / `val_shards` (edgecls.data.shards.index.ShardFile lists) are streamed when no cache
+    holds the images."""
     started = time.perf_counter()
-    train_size = policy.train_cache_size(preprocess, settings.crop_scale)
-    total = policy.cache_bytes(len(train_samples), train_size) + policy.cache_bytes(
-        len(val_samples), preprocess.input_size
-    )
-    mode = policy.resolve_mode(settings.cache, total, distributed=ranks.distributed, device=device)
+    mode = plan_mode(
+        train_samples, val_samples, preprocess, settings, device=device, ranks=ranks, train_shards=train_shards,
+        where=where,
+    )  # fmt: skip
+    stream = None
+    store = settings.store(log)
     if mode == "none":
         if settings.cache == "auto":
-            log(
-                f"image cache off: {total / 2**30:.1f} GiB of decoded images fit neither the RAM nor the disk "
-                "budget; decoding every epoch"
-            )
+            log("image cache off: the decoded images fit neither the RAM nor the disk budget; decoding every epoch")
         transform = TrainTransform(
             preprocess, settings.hflip, settings.crop_scale, make_policy(settings.augment),
             make_eraser(settings.random_erasing),
         )  # fmt: skip
-        train_set, val_set = FolderDataset(train_samples, transform), FolderDataset(val_samples, preprocess)
+        if train_shards is not None:
+            from edgecls.data.shards.stream import ShardStreams
+
+            stream = ShardStreams(train_shards, val_shards, transform, preprocess, settings, ranks, where)
+            train_set, val_set = train_samples, val_samples
+        else:
+            train_set, val_set = FolderDataset(train_samples, transform), FolderDataset(val_samples, preprocess)
         streamed = False
     else:
         loaders_seed = epoch_seed(settings.seed, first_epoch) * 2 + ranks.rank
         train_set, val_set, streamed = _cached_sets(
-            train_samples, val_samples, preprocess, settings, mode, device, ranks, loaders_seed, log
+            train_samples, val_samples, preprocess, settings, mode, device, ranks, loaders_seed, log, store
         )
-    loaders = Loaders(train_set, val_set, preprocess, settings, device, ranks, mode)
+        if store.entries():
+            log(store.describe())
+    loaders = Loaders(train_set, val_set, preprocess, settings, device, ranks, mode, stream=stream)
     loaders.timings = {
         "cache_s": round(time.perf_counter() - started, 3),
         "cache": mode,
         "train_cache_streamed": streamed,
         "train_images": len(train_set),
         "val_images": len(val_set),
+        "shards_streamed": stream is not None,
     }
     return loaders
 
 
-def _cached_sets(train_samples, val_samples, preprocess, settings, mode, device, ranks, first_seed, log):
+def _cached_sets(train_samples, val_samples, preprocess, settings, mode, device, ranks, first_seed, log, store):
     """(train CachedSet, val CachedSet, whether the train rows stream in during the first epoch)."""
     if settings.crop_scale >= 1.0:
         train_decoder = decoded.EvalDecoder(preprocess)  # no crop: training sees the eval resize, flipped
@@ -259,19 +327,21 @@ def _cached_sets(train_samples, val_samples, preprocess, settings, mode, device,
         paths, labels = [p for p, _ in samples], [lbl for _, lbl in samples]
         if mode in ("disk", "gpu") and ranks.distributed:
             if ranks.rank == 0:
-                images = decoded.load_or_build(paths, decoder, "disk", workers=workers, log=log)
+                images = decoded.load_or_build(paths, decoder, "disk", workers=workers, log=log, store=store)
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
             if ranks.rank != 0:
-                images = decoded.load_or_build(paths, decoder, "disk", build=False, log=log)
+                images = decoded.load_or_build(paths, decoder, "disk", build=False, log=log, store=store)
             if mode == "gpu":
                 images = decoded.upload(images, device)
         elif mode == "gpu":
             stream = decoder is train_decoder and isinstance(decoder, TrainDecoder)
             order = shuffled_order(len(paths), first_seed) if stream else None
-            images = gpu.build_on_device(paths, decoder, device, workers=workers, order=order, stream=stream, log=log)
+            images = gpu.build_on_device(
+                paths, decoder, device, workers=workers, order=order, stream=stream, log=log, store=store
+            )
             streamed = streamed or stream
         else:
-            images = decoded.load_or_build(paths, decoder, mode, workers=workers, log=log)
+            images = decoded.load_or_build(paths, decoder, mode, workers=workers, log=log, store=store)
         sets.append(CachedSet(images, labels))
     return sets[0], sets[1], streamed

@@ -10,8 +10,9 @@ import argparse
 from dataclasses import asdict, dataclass
 
 from edgecls.data.cache.policy import MODES as CACHE_MODES
+from edgecls.data.cache.store import DEFAULT_LIMIT as CACHE_LIMIT
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
-from edgecls.settings import NEGATED, POSITIONAL, SWITCH, TOGGLE, check, parse_size, setting
+from edgecls.settings import NEGATED, POSITIONAL, SWITCH, TOGGLE, check, parse_bytes, parse_size, setting
 
 
 def parse_lr(text: str) -> float | str:
@@ -39,13 +40,18 @@ MODEL, OPTIM, AUGMENT, STOP, HARDWARE = (
 
 # What `--resume` may change: where things are and how fast they run, never what is trained. Every other
 # setting given on resume must equal the run's recorded value.
-RESUME_MAY_CHANGE = ("data", "epochs", "workers", "gpu", "cudnn_benchmark", "model_def_path", "exist_ok")
+RESUME_MAY_CHANGE = (
+    "data", "epochs", "workers", "gpu", "cudnn_benchmark", "model_def_path", "cache_dir", "cache_limit", "exist_ok"
+)  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
     data: str | None = setting(
-        None, "folder with train/ and val/, one subfolder per class", kind=POSITIONAL, metavar="DATASET_DIR"
+        None,
+        "folder with train/ and val/, one subfolder per class; or a shard folder from `edgecls data pack`",
+        kind=POSITIONAL,
+        metavar="DATASET_DIR",
     )
     # ---- model
     backbone: str = setting("resnet18", "registered backbone name (see `edgecls models`)", group=MODEL)
@@ -195,12 +201,28 @@ class TrainConfig:
     )
     cache_images: str = setting(
         "auto",
-        "decode images once and keep uint8 copies (ram; disk: a memory-mapped file under $EDGECLS_CACHE_DIR "
-        "reused by later runs; gpu: in GPU memory, JPEGs decoded there with nvjpeg); auto: gpu on CUDA if under "
-        "35%% of free GPU memory, else ram if under a quarter of RAM (disk under torchrun), else disk, else none "
-        "(PIL decode every epoch)",
+        "decode images once and keep uint8 copies (ram; disk: a memory-mapped file in --cache-dir reused by later "
+        "runs; gpu: in GPU memory, JPEGs decoded there with nvjpeg, kept in --cache-dir for the next run); ram and "
+        "gpu start from what --cache-dir already holds for these images; auto: gpu on CUDA if under 35%% of free "
+        "GPU memory, else ram if under a quarter of RAM (disk under torchrun), else disk, else none (PIL decode "
+        "every epoch; a shard folder is then streamed shard by shard)",
         group=HARDWARE,
         choices=CACHE_MODES,
+    )
+    cache_dir: str | None = setting(
+        None,
+        "the persistent decoded-image cache: one entry per image list + decoding, reused by every later run on the "
+        "same images (default: $EDGECLS_CACHE_DIR/images, i.e. ~/.cache/edgecls/images)",
+        group=HARDWARE,
+        metavar="DIR",
+    )
+    cache_limit: int = setting(
+        CACHE_LIMIT,
+        "most bytes --cache-dir may hold, e.g. 20GB; the least recently used entries are removed to make room "
+        "for a new one (default: 50GB)",
+        group=HARDWARE,
+        parse=parse_bytes,
+        metavar="SIZE",
     )
     amp: bool = setting(
         False, "mixed precision (bf16 autocast; fp16 + scaler on GPUs without bf16)", group=HARDWARE, kind=SWITCH

@@ -23,7 +23,7 @@ import torch.nn as nn
 from edgecls.data.augment import make_mixer
 from edgecls.data.cache.policy import check_mode
 from edgecls.data.folder import bad_file_report, scan_dataset
-from edgecls.data.loaders import LoaderSettings, Ranks, build_loaders
+from edgecls.data.loaders import LoaderSettings, Ranks, build_loaders, plan_mode
 from edgecls.data.presets import Preprocess
 from edgecls.device import resolve_device
 from edgecls.engine import distributed as dist_utils
@@ -140,6 +140,7 @@ class Run:
         scan_seconds = time.perf_counter() - started
         run._build_model(load_snapshot=resume_from is None)
         check_mode(cfg.cache_images, run.device)
+        run._plan_loaders()  # a shard set too small to stream, a cache over its limit: refused before any file
         if resume_from is not None and resume_from["classes"] != run.classes:
             raise UserError(
                 f"`resume`: the dataset's classes {run.classes} differ from the checkpoint's {resume_from['classes']}"
@@ -217,21 +218,34 @@ class Run:
             torch.backends.cudnn.benchmark = self.cfg.cudnn_benchmark
         self.criterion = self.criterion.to(self.device)
 
-    def _build_loaders(self, first_epoch: int) -> None:
+    def _loader_settings(self) -> LoaderSettings:
         cfg = self.cfg
-        settings = LoaderSettings(
+        return LoaderSettings(
             cfg.batch_size, cfg.workers, cfg.cache_images, cfg.hflip, cfg.crop_scale, cfg.seed, cfg.augment,
-            cfg.random_erasing,
+            cfg.random_erasing, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit,
         )  # fmt: skip
+
+    def _plan_loaders(self) -> None:
+        train, val = self.splits["train"], self.splits["val"]
+        self.cache_mode = plan_mode(
+            train.samples, val.samples, self.preprocess, self._loader_settings(), device=self.device,
+            ranks=Ranks(self.ctx.rank, self.ctx.world_size), train_shards=train.shards, where=self.cfg.data,
+        )  # fmt: skip
+
+    def _build_loaders(self, first_epoch: int) -> None:
+        train, val = self.splits["train"], self.splits["val"]
         self.loaders = build_loaders(
-            self.splits["train"].samples,
-            self.splits["val"].samples,
+            train.samples,
+            val.samples,
             self.preprocess,
-            settings,
+            self._loader_settings(),
             device=self.device,
             ranks=Ranks(self.ctx.rank, self.ctx.world_size),
             first_epoch=first_epoch,
             log=self.log,
+            train_shards=train.shards,
+            val_shards=val.shards,
+            where=self.cfg.data,
         )
 
     def _probe_head(self) -> None:

@@ -2,9 +2,9 @@
 
 Why: decoding JPEG/PNG with PIL every epoch costs more than the model step on a GPU (and more than a
 small model's step on a CPU). The cache holds an N x H x W x 3 uint8 array, in RAM (numpy) or as a
-memory-mapped .npy file under $EDGECLS_CACHE_DIR/images keyed by a hash of (file list, sizes, mtimes,
-resolution, resize policy), so a changed file rebuilds it and a second run of train.py reuses it
-without decoding anything.
+memory-mapped .npy file in the persistent cache folder (`store.CacheStore`: `cache_dir`, default
+$EDGECLS_CACHE_DIR/images) keyed by a hash of (file list, sizes, mtimes, resolution, resize policy),
+so a changed file rebuilds it and a second run of train.py reuses it without decoding anything.
 
 - Validation images are cached through `Preprocess.resize_image` at the input size (EvalDecoder), and
   only normalized afterwards: the tensors are identical to the uncached eval path.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecls.atomic import atomic_path
-from edgecls.data.cache.policy import cache_bytes, images_cache_dir
+from edgecls.data.cache.policy import cache_bytes
+from edgecls.data.cache.store import CacheStore
 from edgecls.data.images import load_rgb
 from edgecls.data.presets import Preprocess
+from edgecls.data.shards.member import Member, source_stat
 from edgecls.errors import UserError
+from edgecls.settings import format_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- decoding (picklable)
@@ -62,9 +64,10 @@ class EvalDecoder:
         return np.asarray(self._pre.resize_image(img), np.uint8), (img.width, img.height)
 
 
-def decode_chunk(args) -> tuple[int, np.ndarray | None, np.ndarray, list[tuple[str, str]]]:
-    """Decode paths[start:...]; write into the memmap file when given, else return the rows."""
-    decoder, start, paths, out_file = args
+def decode_chunk(args) -> tuple[int | list[int], np.ndarray | None, np.ndarray, list[tuple[str, str]]]:
+    """Decode the sources of rows `where` (a first row, or a list of rows); write into the memmap file when
+    given, else return the rows."""
+    decoder, where, paths, out_file = args
     h, w = decoder.size
     rows = np.zeros((len(paths), h, w, 3), np.uint8)
     sizes = np.zeros((len(paths), 2), np.int32)
@@ -73,15 +76,15 @@ def decode_chunk(args) -> tuple[int, np.ndarray | None, np.ndarray, list[tuple[s
         try:
             rows[i], sizes[i] = decoder(path)
         except Exception as exc:  # noqa: BLE001 - reported to the user by path, never a traceback
-            errors.append((path, f"{type(exc).__name__}: {exc}"))
+            errors.append((str(path), f"{type(exc).__name__}: {exc}"))
             sizes[i] = (w, h)
     if out_file is not None:
         mm = np.load(out_file, mmap_mode="r+")
-        mm[start : start + len(paths)] = rows
+        mm[_rows(where, len(paths))] = rows
         mm.flush()
         del mm
-        return start, None, sizes, errors
-    return start, rows, sizes, errors
+        return where, None, sizes, errors
+    return where, rows, sizes, errors
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -105,28 +108,40 @@ class DecodedImages:
         return int(self.pixels.nbytes)
 
 
-def cache_key(paths: list[str], decoder) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{decoder.describe()}|{len(paths)}".encode())
+def cache_key(paths: list, decoder, variant: str = "") -> str:
+    """The persistent cache's key: the sources (path, size, mtime; a shard member: its shard's and its byte
+    range), the decoder (preprocessing, resolution) and a variant (who decoded: the gpu fill writes its own)."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{decoder.describe()}|{variant}|{len(paths)}".encode())
+    shards: dict = {}
     for p in paths:
-        st = os.stat(p)
-        h.update(f"\n{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(("\n" + source_stat(p, shards)).encode())
     return h.hexdigest()[:24]
 
 
-def _chunks(paths: list[str], workers: int) -> list[tuple[int, list[str]]]:
+def _chunks(paths: list, workers: int) -> list[tuple[int | list[int], list]]:
+    """(rows, sources) to decode per job: runs of rows for files; for shard members, rows in the order their
+    bytes lie in the shards (so a cold shard is read front to back), written back to their own rows."""
     size = max(16, min(512, len(paths) // max(1, workers * 4) or 1))
-    return [(i, paths[i : i + size]) for i in range(0, len(paths), size)]
+    if not paths or not all(isinstance(p, Member) for p in paths):
+        return [(i, paths[i : i + size]) for i in range(0, len(paths), size)]
+    order = sorted(range(len(paths)), key=lambda i: (paths[i].shard, paths[i].offset))
+    return [(order[i : i + size], [paths[j] for j in order[i : i + size]]) for i in range(0, len(paths), size)]
+
+
+def _rows(where: int | list[int], count: int):
+    """The row selector of a job: a slice for a run of rows, else the list of rows."""
+    return slice(where, where + count) if isinstance(where, int) else np.asarray(where, np.int64)
 
 
 def _run_decode(paths, decoder, workers, out_file, pixels, sizes, log) -> None:
-    jobs = [(decoder, start, chunk, out_file) for start, chunk in _chunks(paths, workers)]
+    jobs = [(decoder, where, chunk, out_file) for where, chunk in _chunks(paths, workers)]
     errors: list[tuple[str, str]] = []
 
     def take(result):
-        start, rows, chunk_sizes, errs = result
+        where, rows, chunk_sizes, errs = result
         if rows is not None:
-            pixels[start : start + len(rows)] = rows
-        sizes[start : start + len(chunk_sizes)] = chunk_sizes
+            pixels[_rows(where, len(rows))] = rows
+        sizes[_rows(where, len(chunk_sizes))] = chunk_sizes
         errors.extend(errs)
 
     if workers > 1 and len(paths) >= 256:
@@ -157,53 +172,54 @@ def undecodable(failed: list[tuple[str, str]]) -> UserError:
 
 
 def load_or_build(
-    paths: list[str], decoder, mode: str, workers: int = 1, log=print, build: bool = True
+    paths: list, decoder, mode: str, workers: int = 1, log=print, build: bool = True, store: CacheStore | None = None
 ) -> DecodedImages:
     """The cached rows for `paths` (same order), decoding only when no valid cache exists.
 
-    mode is "ram" or "disk" (resolve "auto" first). build=False (DDP ranks > 0 after rank 0 built
-    the disk file) only opens the existing file.
+    mode "disk": the persistent cache's entry (`store`), built when missing and kept for later runs. mode
+    "ram": an entry of the persistent cache when there is one (memory-mapped, nothing decoded), else the
+    rows decoded into RAM (nothing written). build=False (DDP ranks > 0 after rank 0 built the entry) only
+    opens it.
     """
     h, w = decoder.size
     n = len(paths)
-    if mode == "disk":
-        folder = images_cache_dir()
-        key = cache_key(paths, decoder)
-        data_file, sizes_file = folder / f"{key}.npy", folder / f"{key}.sizes.npy"
-        if data_file.is_file() and sizes_file.is_file():
-            try:
-                pixels = np.load(data_file, mmap_mode="r")
-                sizes = np.load(sizes_file)
-                if pixels.shape == (n, h, w, 3) and sizes.shape == (n, 2):
-                    return DecodedImages(pixels, sizes, "disk", data_file)
-            except (OSError, ValueError):
-                pass  # damaged: rebuild below
-        if not build:
-            raise UserError(
-                f"image cache {data_file} is missing after rank 0 built it; is $EDGECLS_CACHE_DIR shared by all ranks?"
-            )
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"image cache folder {folder}: {exc.strerror or exc}; set $EDGECLS_CACHE_DIR or use "
-                f"`cache_images` ram|none"
-            ) from None
-        log(f"caching {n} decoded images at {h}x{w} in {data_file} ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB, once)")
-        with atomic_path(data_file) as tmp:  # the data file appears last: its presence marks a complete cache
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, h, w, 3)).flush()
-            sizes = np.zeros((n, 2), np.int32)
-            _run_decode(paths, decoder, workers, str(tmp), None, sizes, log)
-            with atomic_path(sizes_file) as sizes_tmp:
-                np.save(sizes_tmp, sizes)
-        return DecodedImages(np.load(data_file, mmap_mode="r"), sizes, "disk", data_file)
+    shape = (n, h, w, 3)
+    store = store if store is not None else CacheStore(log=log)
+    if mode not in ("ram", "disk"):
+        raise ValueError(f"load_or_build: mode must be ram or disk, not {mode!r}")
+    key = cache_key(paths, decoder)
+    found = store.open(key, shape)
+    if found is not None:
+        log(f"reusing {n} decoded images at {h}x{w} from {store.entry(key)} (nothing to decode)")
+        return DecodedImages(found[0], found[1], "disk", store.entry(key) / "pixels.npy")
+    nbytes = cache_bytes(n, (h, w))
     if mode == "ram":
-        log(f"caching {n} decoded images at {h}x{w} in RAM ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB, once)")
-        pixels = np.empty((n, h, w, 3), np.uint8)
+        log(f"caching {n} decoded images at {h}x{w} in RAM ({nbytes / 2**20:.0f} MiB, once)")
+        pixels = np.empty(shape, np.uint8)
         sizes = np.zeros((n, 2), np.int32)
         _run_decode(paths, decoder, workers, None, pixels, sizes, log)
         return DecodedImages(pixels, sizes, "ram")
-    raise ValueError(f"load_or_build: mode must be ram or disk, not {mode!r}")
+    if not build:
+        raise UserError(
+            f"image cache {store.entry(key)} is missing after rank 0 built it; is `cache_dir` ({store.root}) one "
+            "folder shared by all ranks?"
+        )
+    if not store.fits(nbytes):
+        raise UserError(
+            f"`cache_images` disk: the {n} decoded images need {format_bytes(nbytes)}, over `cache_limit` "
+            f"{format_bytes(store.limit)}; raise `cache_limit` or use `cache_images` ram|none"
+        )
+
+    def fill(pixels, sizes, pixels_path) -> None:  # under the entry's lock, only when no other run built it
+        log(f"caching {n} decoded images at {h}x{w} in {store.entry(key)} ({nbytes / 2**20:.0f} MiB, once; later "
+            "runs reuse it)")  # fmt: skip
+        _run_decode(paths, decoder, workers, str(pixels_path), None, sizes, log)
+
+    meta = {"decoder": decoder.describe(), "count": n, "first": str(paths[0]) if paths else None}
+    pixels, sizes, built = store.build(key, shape, fill, meta)
+    if not built:
+        log(f"reusing {n} decoded images at {h}x{w} from {store.entry(key)} (another run built it meanwhile)")
+    return DecodedImages(pixels, sizes, "disk", store.entry(key) / "pixels.npy")
 
 
 # ----------------------------------------------------------------------------- GPU-resident copy
@@ -213,8 +229,10 @@ def upload(images: DecodedImages, device: torch.device, chunk_rows: int = 2048) 
     """Copy cached rows into one uint8 tensor in GPU memory, a chunk at a time (a memmap never loads whole)."""
     pixels = images.pixels
     out = torch.empty(tuple(pixels.shape), dtype=torch.uint8, device=device)
-    for start in range(0, len(pixels), chunk_rows):
-        out[start : start + chunk_rows].copy_(
-            torch.from_numpy(np.ascontiguousarray(pixels[start : start + chunk_rows]))
-        )
+    with warnings.catch_warnings():  # a read-only memmap: torch warns that the tensor is not writable; only read here
+        warnings.simplefilter("ignore", UserWarning)
+        for start in range(0, len(pixels), chunk_rows):
+            out[start : start + chunk_rows].copy_(
+                torch.from_numpy(np.ascontiguousarray(pixels[start : start + chunk_rows]))
+            )
     return DecodedImages(out, np.asarray(images.orig_sizes), "gpu", images.path)

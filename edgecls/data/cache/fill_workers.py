@@ -10,7 +10,8 @@ few large reads, the GIL released while it waits), a few chunks ahead of the fil
 transfer of the next chunks overlaps the GPU decode of this one.
 
 A child runs this file as a script, isolated (`python -I`), takes the training process's
-sys.path from the request, and imports only `train_decoder` (PIL + numpy, no torch). Frame: u64
+sys.path from the request, and imports only `train_decoder` and `shards.member` (PIL + numpy, no torch): a
+file is a path, or a tar shard's Member (sent as a list), read by its byte range. Frame: u64
 body length, then the body: u32 n, n x (u8 kind, 3 pad bytes, i32 width, i32 height, u64 length),
 then the n payloads. Kinds: JPEG (the file's bytes; width x height its size), ROW (the
 TrainDecoder row, uint8 H x W x 3 at the cache size; width x height the upright original's
@@ -126,10 +127,11 @@ def nvjpeg_exact(head: JpegHeader | None) -> bool:
 def encode_chunk(paths: list[str], decoder) -> list[bytes]:
     """One frame (as parts to write) for these files; `decoder` is the TrainDecoder for what nvjpeg can't do."""
     entries, blobs = [_COUNT.pack(len(paths))], []
+    from edgecls.data.shards.member import read_source
+
     for path in paths:
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_source(path)
             head = jpeg_header(data)
             if nvjpeg_exact(head):
                 kind, (width, height), payload = JPEG, (head.width, head.height), data
@@ -150,12 +152,13 @@ def child_main() -> int:
     request = json.loads(sys.stdin.buffer.read())
     sys.path[:] = request["sys_path"]  # started isolated (-I): import PIL, numpy and edgecls where the parent does
     from edgecls.data.cache.train_decoder import TrainDecoder
+    from edgecls.data.shards.member import as_source
 
     decoder = TrainDecoder(tuple(request["size"]), request["interpolation"])
     out = sys.stdout.buffer
     try:
         for paths in request["chunks"]:
-            out.writelines(encode_chunk(paths, decoder))
+            out.writelines(encode_chunk([as_source(p) for p in paths], decoder))  # a shard Member came as a list
             out.flush()
     except BrokenPipeError:  # the training process stopped reading (it failed or was interrupted)
         os._exit(0)  # quietly: a normal exit would flush the unsent frame again and complain

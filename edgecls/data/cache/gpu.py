@@ -10,6 +10,11 @@ none of that work takes the GIL from the thread that trains.
 `start()` fills in a background thread on its own CUDA stream, in the order the first epoch
 visits the images, and the loader waits only for the rows of its next batch: the first
 epoch trains while the rest is still being decoded.
+
+The persistent cache (`store.CacheStore`) is the fill's source and its keeper: a run finds the
+rows an earlier run kept (its own fill's, or the CPU decoders' from a disk-cache run) and copies
+them into GPU memory instead of decoding anything; a fill that decoded them copies them back to
+the cache folder in a background thread once it is done (within `cache_limit`), for the next run.
 """
 
 from __future__ import annotations
@@ -23,9 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecls.data.cache.decoded import DecodedImages, decode_chunk, load_or_build, undecodable, upload
+from edgecls.data.cache.decoded import (
+    DecodedImages,
+    cache_key,
+    decode_chunk,
+    load_or_build,
+    undecodable,
+    upload,
+)
 from edgecls.data.cache.fill_workers import ERROR, JPEG, ROW, FileResult, read_chunks
 from edgecls.data.cache.policy import cache_bytes
+from edgecls.data.cache.store import CacheStore
 from edgecls.data.cache.train_decoder import TrainDecoder
 
 READ_CHUNK = 128  # files read (and decoded) per step of the fill
@@ -62,8 +75,11 @@ class DeviceFill:
         order: torch.Tensor | None = None,
         read_processes: int = READ_PROCESSES,
         log=print,
+        on_filled=None,
     ):
         self.paths = paths
+        self.on_filled = on_filled  # called with this fill once every row is written (keeps the rows)
+        self.saver: threading.Thread | None = None
         self.decoder = decoder
         self.device = device
         self.read_processes = read_processes
@@ -121,6 +137,8 @@ class DeviceFill:
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
             self._error = exc
         self.seconds = time.perf_counter() - started
+        if self._error is None and self.on_filled is not None:
+            self.saver = self.on_filled(self)
         with self._cond:
             self.finished = True
             self._cond.notify_all()
@@ -213,19 +231,43 @@ class DeviceFill:
         self.wait_all()  # raises the fill's error, if any
 
 
+def fill_variant(device: torch.device) -> str:
+    """The cache-key variant of rows a fill decoded on this kind of device (nvjpeg's are not PIL's, bit for bit)."""
+    return f"fill:{device.type}"
+
+
 def build_on_device(
-    paths: list[str], decoder, device: torch.device, *, workers: int = 1, order=None, stream: bool = False, log=print
+    paths: list,
+    decoder,
+    device: torch.device,
+    *,
+    workers: int = 1,
+    order=None,
+    stream: bool = False,
+    log=print,
+    store: CacheStore | None = None,
 ) -> DecodedImages:
-    """The "gpu" cache for one process. TrainDecoder rows via DeviceFill (streamed into the first epoch when
-    `stream`); EvalDecoder rows (the exact eval pixels) via PIL in worker processes, then uploaded."""
+    """The "gpu" cache for one process. TrainDecoder rows: from the persistent cache when an earlier run kept
+    them, else via DeviceFill (streamed into the first epoch when `stream`), then kept; EvalDecoder rows (the
+    exact eval pixels): the persistent cache's entry (built by PIL in worker processes when missing), uploaded."""
     n = len(paths)
     h, w = decoder.size
-    log(
-        f"caching {n} decoded images at {h}x{w} in GPU memory ({cache_bytes(n, (h, w)) / 2**20:.0f} MiB"
-        f"{', filled while the first epoch trains' if stream and isinstance(decoder, TrainDecoder) else ', once'})"
-    )
+    store = store if store is not None else CacheStore(log=log)
+    nbytes = cache_bytes(n, (h, w))
     if not isinstance(decoder, TrainDecoder):
-        return upload(load_or_build(paths, decoder, "ram", workers=workers, log=lambda message: None), device)
+        mode = "disk" if store.fits(nbytes) else "ram"
+        return upload(load_or_build(paths, decoder, mode, workers=workers, log=log, store=store), device)
+    keep_key = cache_key(paths, decoder, fill_variant(device))
+    for key in (keep_key, cache_key(paths, decoder)):
+        found = store.open(key, (n, h, w, 3))
+        if found is not None:
+            log(f"reusing {n} decoded images at {h}x{w} from {store.entry(key)}, copied into GPU memory")
+            return upload(DecodedImages(found[0], found[1], "disk", store.entry(key) / "pixels.npy"), device)
+    log(
+        f"caching {n} decoded images at {h}x{w} in GPU memory ({nbytes / 2**20:.0f} MiB"
+        f"{', filled while the first epoch trains' if stream else ', once'})"
+    )
+    keep = (lambda done: keep_rows(store, keep_key, done, log)) if store.fits(nbytes) else None
     fill = DeviceFill(
         paths,
         decoder,
@@ -233,5 +275,45 @@ def build_on_device(
         order=order,
         log=log,
         read_processes=max(READ_PROCESSES, min(workers, MAX_READ_PROCESSES)),
+        on_filled=keep,
     )
     return fill.start() if stream else fill.run()
+
+
+def keep_rows(store: CacheStore, key: str, fill: DeviceFill, log) -> threading.Thread:
+    """Copy a finished fill's rows into the persistent cache, in a background thread (not a daemon: a run that
+    ends first waits for it, rather than leaving half an entry)."""
+
+    def copy(pixels: np.ndarray, sizes: np.ndarray, _path) -> None:
+        sizes[:] = fill.sizes
+        copy_to_host(fill.pixels, pixels)
+
+    def work() -> None:
+        try:
+            meta = {"decoder": fill.decoder.describe(), "count": len(fill.paths), "kept_by": "gpu fill"}
+            _, _, built = store.build(key, tuple(fill.pixels.shape), copy, meta)
+            if built:
+                log(f"  train cache kept in {store.entry(key)}: the next run on these images starts from it")
+        except Exception as exc:  # noqa: BLE001 - keeping is a bonus: the run goes on without it
+            log(f"warning: could not keep the train cache in {store.root} ({exc}); the next run decodes again")
+
+    thread = threading.Thread(target=work, name="edgecls-cache-keep")
+    thread.start()
+    return thread
+
+
+def copy_to_host(src: torch.Tensor, dst: np.ndarray, chunk_rows: int = 1024) -> None:
+    """Device rows into a (memory-mapped) host array, a chunk at a time; on CUDA through a pinned buffer on a
+    stream of its own, so the copies do not queue behind (or hold up) the training's kernels."""
+    if src.device.type != "cuda":
+        for i in range(0, len(src), chunk_rows):
+            dst[i : i + chunk_rows] = src[i : i + chunk_rows].numpy()
+        return
+    side = torch.cuda.Stream(src.device)
+    buf = torch.empty((chunk_rows, *src.shape[1:]), dtype=torch.uint8, pin_memory=True)
+    with torch.cuda.stream(side):
+        for i in range(0, len(src), chunk_rows):
+            k = min(chunk_rows, len(src) - i)
+            buf[:k].copy_(src[i : i + k], non_blocking=True)
+            side.synchronize()
+            dst[i : i + k] = buf[:k].numpy()

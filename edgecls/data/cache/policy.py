@@ -1,7 +1,8 @@
 """Where the caches live, which cache mode a run gets, and how big a cache is. Free of torch imports.
 
 auto -> gpu on a CUDA device when the decoded images fit GPU_BUDGET_FRACTION of its free memory; else
-ram when they fit a quarter of RAM (disk under DDP: one shared copy), else disk, else none.
+ram when they fit a quarter of RAM (disk under DDP: one shared copy), else disk (when they also fit the
+persistent cache's `cache_limit`), else none.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ def check_mode(mode: str, device) -> None:
         raise UserError("`cache_images` gpu needs a CUDA device (`gpu` N); use ram or disk on the CPU")
 
 
-def resolve_mode(mode: str, total_bytes: int, distributed: bool = False, device=None) -> str:
-    """The cache mode for `total_bytes` of decoded images (auto resolved by the budgets above)."""
+def resolve_mode(
+    mode: str,
+    total_bytes: int,
+    distributed: bool = False,
+    device=None,
+    limit: float = math.inf,
+    cache_dir: Path | None = None,
+) -> str:
+    """The cache mode for `total_bytes` of decoded images (auto resolved by the budgets above; `limit` and
+    `cache_dir` are the persistent cache's bound and folder)."""
     check_mode(mode, device)
     on_cuda = device is not None and device.type == "cuda"
     if mode != "auto":
@@ -59,10 +68,10 @@ def resolve_mode(mode: str, total_bytes: int, distributed: bool = False, device=
     if on_cuda and total_bytes <= GPU_BUDGET_FRACTION * _gpu_free(device):
         return "gpu"
     ram = _physical_ram()
-    disk_free = _disk_free(images_cache_dir())
+    disk_free = _disk_free(cache_dir or images_cache_dir())
     if not distributed and total_bytes <= RAM_BUDGET_FRACTION * ram:
         return "ram"
-    if total_bytes <= DISK_BUDGET_FRACTION * disk_free:
+    if total_bytes <= DISK_BUDGET_FRACTION * disk_free and total_bytes <= limit:
         return "disk"
     if total_bytes <= RAM_BUDGET_FRACTION * ram:
         return "ram"

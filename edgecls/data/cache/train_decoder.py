@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from edgecls.data.images import INTERPOLATIONS, to_rgb
+from edgecls.data.shards.member import open_source
 
 
 class TrainDecoder:
@@ -22,9 +23,9 @@ class TrainDecoder:
         return f"train:{self.size[0]}x{self.size[1]}:{self.interpolation}"
 
     def __call__(self, source) -> tuple[np.ndarray, tuple[int, int]]:
-        """(uint8 H x W x 3 row, (W, H) of the upright original) for a path or a binary file object."""
+        """(uint8 H x W x 3 row, (W, H) of the upright original) for a path, a shard Member or a binary file."""
         h, w = self.size
-        with Image.open(source) as img:
+        with Image.open(open_source(source)) as img:
             full_w, full_h = img.size
             swapped = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF rotations by 90 degrees
             if img.format == "JPEG":
