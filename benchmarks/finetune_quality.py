@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 ABLATIONS = {
     "default - LP phase (head_epochs 0)": {"head_epochs": 0},
     "default - layer decay (1.0)": {"layer_decay": 1.0},
+    "default - frozen BatchNorm statistics": {"freeze_bn": False},
     "default - EMA": {"model_ema": False},
     "default - label smoothing": {"label_smoothing": 0.0},
     "default - colour jitter (augment none)": {"augment": "none"},

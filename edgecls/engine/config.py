@@ -147,10 +147,17 @@ class TrainConfig:
         group=OPTIM,
         kind=TOGGLE,
     )
+    freeze_bn: bool | None = setting(
+        None,
+        "BatchNorm layers keep their running statistics while training (eval mode), so training computes what "
+        "inference will: for pretrained weights on small data. The BatchNorms of frozen stages always do",
+        group=OPTIM,
+        kind=TOGGLE,
+    )
     bn_recalibrate: int = setting(
         256,
         "after each epoch, recompute the BatchNorm statistics from this many training images (evaluation's "
-        "preprocessing) so that they describe the trained weights; 0: keep the running averages",
+        "preprocessing) so that they describe the trained weights (not the frozen ones); 0: keep the running averages",
         group=OPTIM,
         parse=int,
         at_least=0,

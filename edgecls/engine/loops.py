@@ -58,12 +58,16 @@ def train_one_epoch(
     mixer=None,
     after_step=None,
     should_stop=None,
+    keep_eval=(),
 ) -> EpochStats:
     """One pass over `loader`. time_first_step: wait for the first step's GPU work (one host sync) to record
     how long it took; asked for in the first epoch a run trains, which timings.json reports. mixer: mixup /
     cutmix on each batch (soft labels). after_step(): called after every optimizer step (the EMA update).
-    should_stop(): checked between steps; True ends the epoch early (an interrupt)."""
+    should_stop(): checked between steps; True ends the epoch early (an interrupt). keep_eval: modules that
+    stay in eval mode (frozen BatchNorms keep their statistics)."""
     model.train()
+    for module in keep_eval:
+        module.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0

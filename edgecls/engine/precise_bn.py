@@ -8,7 +8,8 @@ variance of the final network (true variances ~1e-4..1e-3, residue 0.9**60 ~ 2e-
 one class for every image while train mode (batch statistics) was 100% right; the training and eval input
 pipelines gave the same statistics (within 1%), so the inputs were not the cause.
 
-After each epoch the statistics are recomputed from scratch with a plain average over up to
+Frozen BatchNorms (`freeze_bn`, or those of frozen stages) are left as they are: their statistics are the
+ones training used. After each epoch the other statistics are recomputed from scratch with a plain average over up to
 `images` training images (forward only, no gradient), for the raw weights and the EMA's.
 """
 
@@ -19,16 +20,24 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+def is_batchnorm(module: nn.Module) -> bool:
+    """A BatchNorm layer that keeps running statistics."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+
+
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if is_batchnorm(m)]
 
 
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, batches, images: int, device: torch.device, amp: bool = False) -> int:
-    """Replace every BatchNorm's running statistics by their plain average over up to `images` images of
-    `batches` (an iterable of (images, labels)); returns the images used (0: no BatchNorm, nothing done).
-    Under DDP the statistics are then averaged over the ranks, so every rank holds the same."""
-    layers = batchnorms(model)
+def recompute_bn_stats(
+    model: nn.Module, batches, images: int, device: torch.device, amp: bool = False, skip=frozenset()
+) -> int:
+    """Replace the running statistics of every BatchNorm but those in `skip` (they stay in eval mode) by their
+    plain average over up to `images` images of `batches` (an iterable of (images, labels)); returns the
+    images used (0: no BatchNorm, nothing done). Under DDP the statistics are then averaged over the ranks,
+    so every rank holds the same."""
+    layers = [m for m in batchnorms(model) if m not in skip]
     if not layers or images <= 0:
         return 0
     from edgecls.engine.loops import autocast_dtype
@@ -39,6 +48,8 @@ def recompute_bn_stats(model: nn.Module, batches, images: int, device: torch.dev
         m.momentum = None  # cumulative moving average: every batch weighs the same
     was_training = model.training
     model.train()
+    for m in skip:
+        m.eval()
     seen = 0
     try:
         for x, _ in batches:

@@ -20,21 +20,22 @@ from edgecls.engine.config import TrainConfig
 RECIPES: dict[str, dict] = {
     "kneron": {
         "optimizer": "SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "layer_decay": 1.0,
-        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "scheduler": "cosine",
-        "warmup_epochs": 0.0, "model_ema": False, "label_smoothing": 0.0, "crop_scale": 0.6, "augment": "none",
+        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "freeze_bn": False,
+        "scheduler": "cosine", "warmup_epochs": 0.0, "model_ema": False, "label_smoothing": 0.0, "crop_scale": 0.6,
+        "augment": "none",
         "random_erasing": 0.0,
     },
     "finetune": {
         "optimizer": "ADAMW", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 0.7,
-        "head_epochs": 1, "probe_init": True, "gradual_unfreeze": False, "scheduler": "cosine",
+        "head_epochs": 1, "probe_init": True, "gradual_unfreeze": False, "freeze_bn": True, "scheduler": "cosine",
         "warmup_epochs": 1.0, "model_ema": True, "label_smoothing": 0.1, "crop_scale": 0.35, "augment": "light",
         "random_erasing": 0.0,
     },
     "scratch": {
         "optimizer": "ADAMW", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 1.0,
-        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "scheduler": "cosine",
-        "warmup_epochs": 1.0, "model_ema": False, "label_smoothing": 0.1, "crop_scale": 0.35, "augment": "light",
-        "random_erasing": 0.0,
+        "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "freeze_bn": False,
+        "scheduler": "cosine", "warmup_epochs": 1.0, "model_ema": False, "label_smoothing": 0.1, "crop_scale": 0.35,
+        "augment": "light", "random_erasing": 0.0,
     },
 }  # fmt: skip
 RECIPE_FIELDS = tuple(RECIPES["kneron"])

@@ -40,7 +40,7 @@ from edgecls.engine.optim import (
     param_groups,
     trainable_stages,
 )
-from edgecls.engine.precise_bn import recompute_bn_stats
+from edgecls.engine.precise_bn import is_batchnorm, recompute_bn_stats
 from edgecls.engine.recipes import describe, recipe_record, resolve_recipe
 from edgecls.engine.recorder import RunRecorder
 from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
@@ -374,6 +374,7 @@ class Run:
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}", show_progress=sys.stderr.isatty() and self.is_main,
             time_first_step=first, mixer=self.mixer,
             after_step=(lambda: self.ema.update(self.model)) if self.ema is not None else None,
+            keep_eval=self._frozen_batchnorms(self.model),
         )  # fmt: skip
         if first:
             self.recorder.update_timings(
@@ -392,13 +393,24 @@ class Run:
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
         }
 
+    def _frozen_batchnorms(self, model: nn.Module) -> set[nn.Module]:
+        """model's BatchNorms that keep their statistics this epoch: all with freeze_bn, else those whose
+        parameters are frozen in self.model (a frozen stage); names map them onto the EMA's copy."""
+        names = {
+            name for name, m in self.model.named_modules()
+            if is_batchnorm(m) and (self.cfg.freeze_bn or not any(p.requires_grad for p in m.parameters()))
+        }  # fmt: skip
+        return {m for name, m in model.named_modules() if name in names}
+
     def _recalibrate_bn(self) -> None:
-        """BatchNorm statistics recomputed for the weights as trained (edgecls/engine/precise_bn.py)."""
+        """BatchNorm statistics recomputed for the weights as trained (edgecls/engine/precise_bn.py); frozen
+        BatchNorms keep theirs."""
         images = self.cfg.bn_recalibrate
         if not images:
             return
         for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
-            recompute_bn_stats(model, self.loaders.calibration(images), images, self.device, self.cfg.amp)
+            skip = self._frozen_batchnorms(model)
+            recompute_bn_stats(model, self.loaders.calibration(images), images, self.device, self.cfg.amp, skip)
 
     def _evaluate(self, model: nn.Module) -> dict:
         sums = evaluate(
