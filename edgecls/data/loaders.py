@@ -24,7 +24,8 @@ from edgecls.data.augment import make_eraser, make_policy
 from edgecls.data.cache import decoded, gpu, policy
 from edgecls.data.cache.augment import BatchAugment
 from edgecls.data.cache.loader import CachedLoader, CachedSet, shuffled_order
-from edgecls.data.cache.store import DEFAULT_LIMIT, CacheStore
+from edgecls.data.cache.policy import DEFAULT_LIMIT
+from edgecls.data.cache.store import CacheStore
 from edgecls.data.cache.train_decoder import TrainDecoder
 from edgecls.data.folder import FolderDataset
 from edgecls.data.presets import Preprocess

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 
+from edgecls.data.cache.policy import DEFAULT_LIMIT as CACHE_LIMIT
 from edgecls.data.cache.policy import MODES as CACHE_MODES
-from edgecls.data.cache.store import DEFAULT_LIMIT as CACHE_LIMIT
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.settings import NEGATED, POSITIONAL, SWITCH, TOGGLE, check, parse_bytes, parse_size, setting
 

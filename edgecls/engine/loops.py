@@ -41,6 +41,36 @@ def progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=True, dynamic_ncols=True, file=sys.stderr)
 
 
+def _inputs(images, labels, device, mixer, channels_last):
+    """(images, labels, targets) on the device; with a mixer the targets are soft and the labels the dominant
+    class (for the training accuracy)."""
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    targets = labels
+    if mixer is not None:
+        images, targets = mixer(images, labels)
+        labels = targets.argmax(1)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels, targets
+
+
+def _optimizer_step(model, images, targets, criterion, optimizer, scaler, device, amp):
+    """Forward, loss, backward and step (through the grad scaler under fp16); returns (logits, loss)."""
+    with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=amp):
+        logits = model(images)
+        loss = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return logits, loss
+
+
 def train_one_epoch(
     model,
     loader,
@@ -75,26 +105,8 @@ def train_one_epoch(
     first_step = 0.0
     bar = progress(loader, len(loader), desc, show_progress)
     for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if mixer is not None:
-            images, targets = mixer(images, labels)
-            labels = targets.argmax(1)  # the dominant class, for the training accuracy
-        else:
-            targets = labels
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=amp):
-            logits = model(images)
-            loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        images, labels, targets = _inputs(images, labels, device, mixer, channels_last)
+        logits, loss = _optimizer_step(model, images, targets, criterion, optimizer, scaler, device, amp)
         scheduler.step()
         if after_step is not None:
             after_step()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from edgecls.errors import UserError
 
+DEFAULT_LIMIT = 50 * 10**9  # `cache_limit`'s default, in bytes: what the persistent cache folder may hold
+
 MODES = ("auto", "none", "ram", "disk", "gpu")
 GPU_BUDGET_FRACTION = 0.35  # auto on CUDA: keep the cache in GPU memory when it needs at most this share of free memory
 RAM_BUDGET_FRACTION = 0.25  # auto: keep the cache in RAM when it needs at most this share of RAM

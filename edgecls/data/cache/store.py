@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from edgecls.data.cache.policy import cache_bytes, images_cache_dir
+from edgecls.data.cache.policy import DEFAULT_LIMIT, cache_bytes, images_cache_dir
 from edgecls.errors import UserError
 from edgecls.settings import format_bytes
 
-DEFAULT_LIMIT = 50 * 10**9  # `cache_limit`'s default, in bytes
 ENTRY_VERSION = 2  # the layout above (version 1: flat <key>.npy + <key>.sizes.npy files, which are left alone)
 
 
