@@ -147,6 +147,42 @@ def test_lp_ft_trains_the_head_alone_first_then_everything(data, tmp_path):
     assert hooks.changed[1] == {n for g in hooks.stages for n in g}
 
 
+class BatchNormStats(Callback):
+    """Each BatchNorm's running statistics at the start and after every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def stats(self, run):
+        return {n: b.detach().clone() for n, b in run.model.named_buffers() if "running_" in n}
+
+    def on_train_start(self, run):
+        self.seen.append(self.stats(run))
+
+    def on_epoch_end(self, run, metrics):
+        self.seen.append(self.stats(run))
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_frozen_batchnorms_keep_their_statistics_through_training_and_recalibration(data, tmp_path, freeze_bn):
+    hooks = BatchNormStats()
+    fit(config(data, tmp_path / "run", backbone="mobilenetv2", epochs=1, recipe="scratch", freeze_bn=freeze_bn),
+        callbacks=[hooks])  # fmt: skip
+    start, end = hooks.seen
+    unchanged = [n for n in start if torch.equal(start[n], end[n])]
+    assert (len(unchanged) == len(start)) if freeze_bn else not unchanged
+
+
+def test_the_batchnorms_of_frozen_stages_keep_their_statistics(data, tmp_path):
+    hooks = BatchNormStats()
+    fit(config(data, tmp_path / "run", backbone="mobilenetv2", epochs=1, recipe="scratch", freeze_bn=False,
+               gradual_unfreeze=True), callbacks=[hooks])  # fmt: skip
+    start, end = hooks.seen
+    head = [n for n in start if n.startswith("classifier") or n.startswith("features.18")]  # the top stage
+    below = [n for n in start if n not in head]
+    assert below and all(torch.equal(start[n], end[n]) for n in below)
+
+
 # ----------------------------------------------------------------------------- schedulers
 
 
