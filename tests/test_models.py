@@ -87,7 +87,8 @@ def test_default_input_size_and_preprocessing(name, size, preset):
     spec = get_spec(name)
     assert spec.input_size == size
     assert spec.preprocess == preset
-    assert spec.has_pretrained == (name == "efficientnet-lite0")
+    # offline packages (lite0) or torchvision's ImageNet weights from the torch hub cache (resnet, mobilenetv2)
+    assert spec.has_pretrained == (name in ("efficientnet-lite0", "mobilenetv2", "resnet18", "resnet50"))
 
 
 def test_fp_classifier_size_matches_kneron():
@@ -261,9 +262,12 @@ def test_lite_preset_matches_what_the_pretrained_lite0_saw_in_training():
     assert min(ratios, key=lambda k: abs(math.log(ratios[k]))) == "lite", ratios
 
 
-def test_pretrained_without_installed_weights_is_a_user_error():
-    with pytest.raises(UserError, match="no offline weights"):
+def test_pretrained_without_installed_weights_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(UserError, match="not in the torch hub cache; place resnet18-.*pth"):
         create_model("resnet18", num_classes=2, pretrained=True)
+    with pytest.raises(UserError, match="no offline weights"):
+        create_model("efficientnet-b0", num_classes=2, pretrained=True)
 
 
 def test_unknown_backbone_lists_the_choices():

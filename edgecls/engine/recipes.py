@@ -2,11 +2,13 @@
 
 - kneron:   Kneron's ai_training defaults, exactly (SGD, lr 1e-3, momentum 0.9, cosine, no extras).
 - finetune: for pretrained weights (--pretrained or --snapshot). LP-FT (Kumar et al., ICLR 2022): the
-            head trains alone first, then the whole network with discriminative learning rates (each stage
+            new head is fitted by a linear probe (logistic regression on the frozen features), then the whole
+            network trains with its BatchNorm statistics frozen and discriminative learning rates (each stage
             below the head at `layer_decay` times the rate above it), AdamW, warmup + cosine, label
-            smoothing, light colour jitter and an EMA of the weights. Chosen by measurement on held-out
-            real photos: benchmarks/finetune_quality.py, docs/training.md.
-- scratch:  random initialisation: AdamW, warmup + cosine, label smoothing, stronger crops.
+            smoothing, light colour jitter, mild crops and an EMA of the weights. Chosen by measurement on
+            real photos (the stamps `tune` set; `heldout` checks it): benchmarks/finetune_quality.py, docs/training.md.
+- scratch:  random initialisation: Kneron's settings but AdamW at 3e-3, which the demo and the tests measured
+            to learn faster from scratch than SGD at 1e-3 (short CPU runs: no warmup, no smoothing).
 
 A setting left as None takes the recipe's value; one the user gave (flag or config file) always wins.
 """
@@ -26,16 +28,16 @@ RECIPES: dict[str, dict] = {
         "random_erasing": 0.0,
     },
     "finetune": {
-        "optimizer": "ADAMW", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 0.7,
-        "head_epochs": 1, "probe_init": True, "gradual_unfreeze": False, "freeze_bn": True, "scheduler": "cosine",
-        "warmup_epochs": 1.0, "model_ema": True, "label_smoothing": 0.1, "crop_scale": 0.35, "augment": "light",
+        "optimizer": "ADAMW", "lr": 1e-4, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 0.7,
+        "head_epochs": 0, "probe_init": True, "gradual_unfreeze": False, "freeze_bn": True, "scheduler": "cosine",
+        "warmup_epochs": 1.0, "model_ema": True, "label_smoothing": 0.1, "crop_scale": 0.8, "augment": "light",
         "random_erasing": 0.0,
     },
     "scratch": {
-        "optimizer": "ADAMW", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.05, "layer_decay": 1.0,
+        "optimizer": "ADAMW", "lr": 3e-3, "momentum": 0.9, "weight_decay": 1e-4, "layer_decay": 1.0,
         "head_epochs": 0, "probe_init": False, "gradual_unfreeze": False, "freeze_bn": False,
-        "scheduler": "cosine", "warmup_epochs": 1.0, "model_ema": False, "label_smoothing": 0.1, "crop_scale": 0.35,
-        "augment": "light", "random_erasing": 0.0,
+        "scheduler": "cosine", "warmup_epochs": 0.0, "model_ema": False, "label_smoothing": 0.0, "crop_scale": 0.6,
+        "augment": "none", "random_erasing": 0.0,
     },
 }  # fmt: skip
 RECIPE_FIELDS = tuple(RECIPES["kneron"])
