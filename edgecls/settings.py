@@ -277,6 +277,8 @@ def config_value(path: Path, key, value, f: dataclasses.Field, s: Setting):
             f"`config` {path}: {key!r} cannot come from a config file; give {flag_of(f, s)} on the command line"
         )
     if s.kind in (SWITCH, NEGATED, TOGGLE):
+        if value is None and s.kind == TOGGLE and _default(f) is None:
+            return None  # "key:" or null: not set (a recipe's on/off setting then takes the recipe's value)
         if not isinstance(value, bool):
             raise UserError(f"`config` {path}: {key!r} is an on/off flag; use true or false, not {value!r}")
         return value

@@ -211,10 +211,11 @@ class StopAfter(Callback):
             run.stop(f"stopped after epoch {self.epochs} by the test")
 
 
-def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path):
+@pytest.mark.parametrize("augment", ["none", "light"])  # light: colour jitter drawn in the stream's workers
+def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path, augment):
     from edgecls.engine.trainer import fit, resume
 
-    cfg = dict(cache_images="none", workers=2, epochs=3, hflip=0.5)
+    cfg = dict(cache_images="none", workers=2, epochs=3, hflip=0.5, augment=augment)
     straight = tmp_path / "straight"
     fit(train_config(packed, straight, **cfg))
     timings = json.loads((straight / "timings.json").read_text())
@@ -225,7 +226,8 @@ def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path):
     resume(interrupted)
     assert summary(interrupted) == summary(straight)
     rows = summary(straight)
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
+    if augment == "none":  # (three epochs of a few jittered images are too noisy to compare losses)
+        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
 
 
 def test_streaming_refuses_fewer_shards_than_workers(small, tmp_path, capsys):

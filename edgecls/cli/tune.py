@@ -24,7 +24,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog="The other flags are train.py's: they set what every trial starts from, and the search space "
         "(--space) overrides the ones it searches. Study folder, space file format, multi-machine setup: "
         "docs/tune.md.",
-        config_group=SEARCH,
+        config_at="trials",  # --config among the search's own flags
     )
     # --help lists the search's own flags first, then train.py's (argparse prints groups in creation order)
     groups = parser._action_groups

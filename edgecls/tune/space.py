@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecls.engine.config import AUGMENT, MODEL, OPTIM, TrainConfig
+from edgecls.engine.config import AUGMENT, MODEL, OPTIM, TrainConfig, parse_lr
 from edgecls.errors import UserError
 from edgecls.settings import NEGATED, SWITCH, TOGGLE, Setting, check_value, settings_of
 
@@ -166,7 +166,7 @@ def numeric_kind(name: str) -> str | None:
     _, s = searchable()[name]
     if s.choices is not None or s.kind in (SWITCH, NEGATED, TOGGLE):
         return None
-    return {float: FLOAT, int: INT}.get(s.parse)
+    return {float: FLOAT, int: INT, parse_lr: FLOAT}.get(s.parse)  # lr: a number (or auto, never searched)
 
 
 def field_value(name: str, raw: Any, where: str = "") -> Any:
