@@ -74,6 +74,22 @@ def _sniff_kind(path: Path) -> str:
     return "torch" if head[:2] == b"PK" or head[:1] == b"\x80" else "onnx"
 
 
+def predictor_for(settings) -> Predictor:
+    """load_predictor from a command's settings (inference's and eval's share these field names)."""
+    return load_predictor(
+        snapshot=settings.snapshot,
+        onnx=settings.onnx,
+        backbone=settings.backbone,
+        model_def_path=settings.model_def_path,
+        class_id_path=settings.class_id_path,
+        input_size=settings.input_size,
+        preset=settings.preprocess,
+        resize=settings.resize,
+        gpu=settings.gpu,
+        threads=getattr(settings, "threads", None),
+    )
+
+
 def load_predictor(
     *,
     snapshot: str | None = None,

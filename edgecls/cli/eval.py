@@ -131,7 +131,7 @@ def warn(message: str) -> None:
 
 def run_mode(s: EvalCommand) -> dict:
     from edgecls import evaluation
-    from edgecls.predict import load_predictor
+    from edgecls.predict import predictor_for
 
     if s.end_to_end:
         result = evaluation.run_end_to_end_mode(s.preds, s.gts, s.class_id_path)
@@ -140,17 +140,7 @@ def run_mode(s: EvalCommand) -> dict:
         for path in result["problems"]["missing_ground_truth"][: evaluation.LIST_LIMIT]:
             warn(f"no ground truth for predicted image {path}")
         return result
-    predictor = load_predictor(
-        snapshot=s.snapshot,
-        onnx=s.onnx,
-        backbone=s.backbone,
-        model_def_path=s.model_def_path,
-        class_id_path=s.class_id_path,
-        input_size=s.input_size,
-        preset=s.preprocess,
-        resize=s.resize,
-        gpu=s.gpu,
-    )
+    predictor = predictor_for(s)
     return evaluation.run_dataset_mode(predictor, s.data_dir, s.split, s.batch_size, s.workers, s.progress)
 
 

@@ -114,20 +114,9 @@ def parse(argv: list[str] | None) -> InferenceCommand:
 
 
 def load(s: InferenceCommand):
-    from edgecls.predict import load_predictor
+    from edgecls.predict import predictor_for
 
-    return load_predictor(
-        snapshot=s.snapshot,
-        onnx=s.onnx,
-        backbone=s.backbone,
-        model_def_path=s.model_def_path,
-        class_id_path=s.class_id_path,
-        input_size=s.input_size,
-        preset=s.preprocess,
-        resize=s.resize,
-        gpu=s.gpu,
-        threads=s.threads,
-    )
+    return predictor_for(s)
 
 
 def print_single(record: dict, out=sys.stdout) -> None:
