@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,4 +80,27 @@ def run_cmd(
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     return subprocess.run(
         [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+requires_gloo = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
+
+
+def torchrun_train(
+    args: list[str], hook_dir: Path, audit_hook: str, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 train.py ARGS`, every process running `audit_hook` at start-up.
+
+    The hook source is written as hook_dir/sitecustomize.py, which Python imports in each rank (and in its
+    DataLoader workers), so what the ranks open or write is observed from inside, not assumed.
+    """
+    hook_dir.mkdir(parents=True, exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(audit_hook)
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO)]), **(env or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.run(
+        [*cmd, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env
     )

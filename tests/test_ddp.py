@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import requires_gloo, torchrun_train
 
 AUDIT_HOOK = """
 import os, sys
@@ -45,24 +41,8 @@ if _run_dir and _log_dir and "RANK" in os.environ:
 
 
 def torchrun(args: list[str], run_dir: Path, audit_dir: Path, hook_dir: Path, timeout: float = 600):
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO)]),
-        OMP_NUM_THREADS="1",
-        EDGECLS_TEST_RUN_DIR=str(run_dir),
-        EDGECLS_TEST_AUDIT_DIR=str(audit_dir),
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(REPO / "train.py"),
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    env = dict(OMP_NUM_THREADS="1", EDGECLS_TEST_RUN_DIR=str(run_dir), EDGECLS_TEST_AUDIT_DIR=str(audit_dir))
+    return torchrun_train(args, hook_dir, AUDIT_HOOK, env=env, timeout=timeout)
 
 
 def written_by_rank(audit_dir: Path) -> dict[str, list[str]]:
@@ -82,14 +62,10 @@ def summary_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="this torch build has no gloo backend",
-)
+@requires_gloo
 def test_torchrun_two_cpu_processes_converge_and_only_rank0_writes(digits_dir, tmp_path):
     hook_dir, audit_dir, run_dir = tmp_path / "hook", tmp_path / "audit", tmp_path / "run"
-    hook_dir.mkdir(), audit_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(AUDIT_HOOK)
+    audit_dir.mkdir()
     common = [
         str(digits_dir),
         "--backbone",

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO, copy_digits, run_cmd
+from conftest import REPO, copy_digits, requires_gloo, run_cmd, torchrun_train
 
 from edgecls.data.shards.index import load_index, scan_shards
 from edgecls.data.tools.pack import JOURNAL, PackConfig, pack_dataset
@@ -271,34 +270,16 @@ def test_eval_and_inference_read_shards(packed, small, folder_run, tmp_path):
     assert record["img_path"] == rows[0]["img_path"] and record["0_0"][0][1] in ("0", "1", "2", "3")
 
 
-@pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="this torch build has no gloo backend",
-)
+@requires_gloo
 def test_ddp_streams_whole_shards_each_image_once_per_epoch(packed, tmp_path):
     """torchrun, 2 gloo processes x 1 worker, streamed: an audit hook records every tar each process opens."""
     hook_dir, audit_dir, run = tmp_path / "hook", tmp_path / "audit", tmp_path / "run"
-    hook_dir.mkdir(), audit_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(AUDIT_HOOK)
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(hook_dir), str(REPO)]), EDGECLS_TEST_AUDIT_DIR=str(audit_dir)
-    )
-    env.update(ENV)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(REPO / "train.py"),
-    ]
-    cmd += [str(packed), "--backbone", "FP_classifier", "--input-size", "32", "--batch-size", "8", "--epochs", "2"]
-    cmd += ["--cache-images", "none", "--workers", "1", "--early-stop", "0", "--model-def-path", ""]
-    cmd += ["--bn-recalibrate", "0"]  # its pass reads a fixed subset by byte range, not the epoch's stream
-    proc = subprocess.run(
-        [*cmd, "--snapshot-path", str(run)], cwd=REPO, capture_output=True, text=True, timeout=900, env=env
-    )
+    audit_dir.mkdir()
+    args = [str(packed), "--backbone", "FP_classifier", "--input-size", "32", "--batch-size", "8", "--epochs", "2"]
+    args += ["--cache-images", "none", "--workers", "1", "--early-stop", "0", "--model-def-path", ""]
+    args += ["--bn-recalibrate", "0"]  # its pass reads a fixed subset by byte range, not the epoch's stream
+    env = dict(ENV, EDGECLS_TEST_AUDIT_DIR=str(audit_dir))
+    proc = torchrun_train([*args, "--snapshot-path", str(run)], hook_dir, AUDIT_HOOK, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [r["epoch"] for r in summary(run)] == ["1", "2"]
 
