@@ -27,9 +27,9 @@ LIST_LIMIT = 20  # missing / unreadable images listed in the text report and war
 
 
 # ------------------------------------------------------------------------ dataset mode
-def check_save_dir(save_dir: str) -> None:
+def check_save_dir(save_dir: str, what: str = "save_dir") -> None:
     if Path(save_dir).exists() and not Path(save_dir).is_dir():
-        raise UserError(f"`save_dir` {save_dir}: is a file; give a folder for the results")
+        raise UserError(f"`{what}` {save_dir}: is a file; give a folder for the results")
 
 
 def split_folder(data_dir: str, split: str) -> Path:
@@ -44,6 +44,16 @@ def split_folder(data_dir: str, split: str) -> Path:
     raise UserError(
         f"`data_dir` {root}: no {split}/ folder; expected {root}/{split}/<class>/<images> (or pass `split`)"
     )
+
+
+def has_split(data_dir: str, split: str) -> bool:
+    """Does the dataset (a folder or a shard folder) hold this split, e.g. a test/ beside train/ and val/?"""
+    from edgecls.data.shards.index import load_index, shard_index_path
+
+    root = Path(data_dir)
+    if shard_index_path(root) is not None:
+        return split in load_index(root)["splits"]
+    return (root / split).is_dir() and bool(class_folders(root / split))
 
 
 def dataset_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
@@ -81,6 +91,7 @@ def run_dataset_mode(
         folder = split_folder(data_dir, split)
         samples, skipped = dataset_samples(folder, predictor.classes)
     labels = {str(path): label for path, label in samples}  # a shard Member is named by str()
+    sources = {str(path): path for path, _ in samples}
     y_true, rows, kept_paths = [], [], []
     unreadable = list(skipped)
     with progress_bar(len(samples), progress, desc="evaluate") as bar:
@@ -107,6 +118,7 @@ def run_dataset_mode(
         "y_true": np.asarray(y_true, np.int64),
         "scores": scores,
         "paths": kept_paths,
+        "images": [sources[p] for p in kept_paths],  # what load_rgb opens (a file path or a shard Member)
         "problems": {"unreadable": [{"path": p, "reason": r} for p, r in unreadable]},
     }
 
@@ -233,6 +245,7 @@ def run_end_to_end_mode(preds: str, gts: str, class_id_path: str | None = None) 
         "y_true": y_true,
         "scores": scores,
         "paths": [truth[k][0] for k in matched],
+        "images": [truth[k][0] for k in matched],
         "problems": {
             "missing_prediction": [truth[k][0] for k in truth if k not in records],
             "missing_ground_truth": [records[k][0] for k in records if k not in truth],
@@ -254,13 +267,25 @@ def _score_matrix(matched, records, truth, classes, gts) -> tuple[np.ndarray, np
     return y_true, scores
 
 
+def capped_topk(topk: int, num_classes: int) -> tuple[int, str | None]:
+    """(K, what was capped or None): `topk` kept below the class count, since top-K over every class is always
+    1.0 and says nothing. The one rule for train's epoch lines, final table and curves, and for eval; K 1 means
+    top-1 only."""
+    k = max(1, min(int(topk), num_classes - 1))
+    if k == topk:
+        return k, None
+    shown = "top-1 only" if k == 1 else f"top-{k}"
+    return k, f"with {num_classes} classes top-{topk} would always be 1.0; reporting {shown}"
+
+
 def reported_topk(topk: int, result: dict) -> tuple[int, str | None]:
-    """(K to report, a warning or None): `topk`, capped at the class count and at the fewest labels a
-    prediction file lists (beyond that, top-K would equal top-(K-1))."""
-    k = min(topk, len(result["classes"]))
+    """(K to report, a warning or None): `topk`, capped below the class count (capped_topk) and at the fewest
+    labels a prediction file lists (beyond that, top-K would equal top-(K-1))."""
+    k, note = capped_topk(topk, len(result["classes"]))
+    note = note and f"`topk` {topk}: {note}"
     listed = result.get("labels_per_image")
     if listed is None or listed >= k:
-        return k, None
+        return k, note
     shown = "top-1 only" if listed == 1 else f"top-1..top-{listed}"
     return listed, (
         f"`topk` {topk}: some prediction files in `preds` list only {listed} label(s); reporting "
@@ -378,56 +403,242 @@ def _problem_lines(problems: dict) -> list[str]:
     return lines
 
 
+NAME_WIDTH = 8  # class names up to this long head the text matrix's columns; longer ones: class ids
+
+
 def _matrix_lines(cm: list[list[int]], classes: list[str], width: int) -> list[str]:
-    lines = ["confusion matrix (rows: true, columns: predicted):"]
-    cw = max(5, max(len(str(v)) for row in cm for v in row) + 1)
-    lines.append(" " * width + "".join(f"{i:>{cw}}" for i in range(len(classes))))
+    """Rows and columns named alike: by class name when every name is short, else by class id (each row then
+    starts with its id and name, the legend of the columns)."""
+    named = max(len(c) for c in classes) <= NAME_WIDTH
+    heads = classes if named else [str(i) for i in range(len(classes))]
+    cw = max(5, max(len(str(v)) for row in cm for v in row) + 1, max(len(h) for h in heads) + 1)
+    legend = "" if named else "; columns are class ids, each row starts with its id"
+    lines = [f"confusion matrix (rows: true, columns: predicted{legend}):"]
+    lines.append(" " * width + "".join(f"{h:>{cw}}" for h in heads))
     for i, row in enumerate(cm):
-        lines.append(f"{str(i) + ' ' + classes[i]:<{width}}"[:width] + "".join(f"{v:>{cw}}" for v in row))
+        label = classes[i] if named else f"{i} {classes[i]}"
+        lines.append(f"{label:<{width}}"[:width] + "".join(f"{v:>{cw}}" for v in row))
     return lines
 
 
-def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: Path) -> None:
+# ----------------------------------------------------------------------------- figures
+MISCLASSIFIED_LIMIT = 25  # images in the misclassified grid: the most confident mistakes
+GRID_COLUMNS = 5
+THUMBNAIL = 160  # pixels, the longer side of an image in the grid
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def short_label(name: str, limit: int = 14) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
+def figure_title(model: str, split: str, report: dict) -> str:
+    """'<model> · <split> · top-1 0.9667 (360 images)': the head line of every evaluation figure."""
+    return f"{model} \u00b7 {split} \u00b7 top-1 {report['accuracy']:.4f} ({report['num_images']} images)"
+
+
+def eval_title(result: dict, report: dict) -> str:
+    """figure_title for eval's two modes: the model and the split folder, or the prediction folder."""
+    src = result["source"]
+    if result["mode"] == "dataset":
+        name = Path(src["model"]).name
+        model = f"{src['backbone']} ({name})" if src.get("backbone") else name
+        return figure_title(model, Path(str(src["data"]).split("-*.tar")[0]).name, report)
+    return figure_title(f"predictions {Path(src['preds']).name}", f"vs {Path(src['gts']).name}", report)
+
+
+def confusion_figsize(num_classes: int) -> tuple[float, float]:
+    """Inches (100 pixels each); halves, so the PNG's pixel size is exact."""
+    side = min(4 + 0.5 * num_classes, 30)
+    return side + 1.0, side
+
+
+def plot_confusion_matrix(
+    cm: list[list[int]], classes: list[str], path: Path, title: str = "", normalize: bool = False
+) -> None:
+    """Counts, or each row divided by its true-class count (normalize); short names stay horizontal."""
+    plt = pyplot()
     cm = np.asarray(cm)
     n = len(classes)
-    size = min(4 + 0.45 * n, 30)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xticks(range(n), classes, rotation=90 if n > 6 else 0)
-    ax.set_yticks(range(n), classes)
+    rows = cm.sum(axis=1, keepdims=True)
+    shown = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) if normalize else cm
+    fig, ax = plt.subplots(figsize=confusion_figsize(n), layout="constrained")
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class" if normalize else "images")
+    labels = [short_label(c) for c in classes]
+    turn = max(len(c) for c in labels) > 3
+    ax.set_xticks(range(n), labels, rotation=45 if turn else 0, ha="right" if turn else "center",
+                  rotation_mode="anchor")  # fmt: skip
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
+    view = "row-normalised (each true class sums to 1)" if normalize else "counts"
+    ax.set_title(f"{title}\nconfusion matrix, {view}" if title else f"confusion matrix, {view}", fontsize=10)
     if n <= 30:
-        top = cm.max() if cm.size else 0
+        top = shown.max() if shown.size else 0
         for i in range(n):
             for j in range(n):
-                color = "white" if cm[i, j] > top / 2 else "black"
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color=color)
-    fig.tight_layout()
+                text = f"{shown[i, j]:.2f}" if normalize else str(cm[i, j])
+                color = "white" if shown[i, j] > top / 2 else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     atomic_savefig(fig, path)
 
 
-def write_outputs(result: dict, report: dict, save_dir: str) -> tuple[Path, str]:
-    """Append the text report to eval_results.txt; write eval_results.json and confusion_matrix.png."""
-    out = Path(save_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = format_report(result, report)
-    with open(out / "eval_results.txt", "a", encoding="utf-8") as fh:
-        fh.write(text)
-    payload = {
+def per_class_figsize(num_classes: int) -> tuple[float, float]:
+    return 8.0, min(2.5 + 0.5 * num_classes, 60)
+
+
+def plot_per_class(report: dict, classes: list[str], path: Path, title: str = "") -> None:
+    """Precision, recall and F1 of every class as grouped horizontal bars (names stay readable)."""
+    plt = pyplot()
+    pc, n = report["per_class"], len(classes)
+    fig, ax = plt.subplots(figsize=per_class_figsize(n), layout="constrained")
+    y = np.arange(n)
+    for offset, key in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1")):
+        ax.barh(y + offset, pc[key], height=0.27, label=key)
+    ax.set_yticks(y, [f"{short_label(c)} ({s})" for c, s in zip(classes, pc["support"])])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (class support in brackets)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=3)
+    head = f"per-class precision, recall, F1 (macro F1 {report['macro']['f1']:.4f})"
+    ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
+    atomic_savefig(fig, path)
+
+
+def misclassified(result: dict, limit: int = MISCLASSIFIED_LIMIT) -> tuple[list[int], int]:
+    """(rows of the wrongly predicted images, most confident first, at most `limit`; how many are wrong)."""
+    scores, truth = np.asarray(result["scores"], np.float64), np.asarray(result["y_true"])
+    if not len(scores):
+        return [], 0
+    pred = np.argmax(scores, axis=1)
+    top = scores[np.arange(len(pred)), pred]
+    wrong = np.flatnonzero(pred != truth)
+    order = wrong[np.argsort(-top[wrong], kind="stable")]
+    return order[:limit].tolist(), len(wrong)
+
+
+def misclassified_figsize(shown: int) -> tuple[float, float]:
+    rows = max(1, math.ceil(shown / GRID_COLUMNS))
+    return 2.0 * GRID_COLUMNS, 2.5 * rows + 0.5
+
+
+def _thumbnail(source) -> np.ndarray | None:
+    from PIL import Image
+
+    from edgecls.data.images import load_rgb
+
+    try:
+        img = load_rgb(source)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return None
+    img.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(img)
+
+
+def plot_misclassified(result: dict, path: Path, title: str = "", limit: int = MISCLASSIFIED_LIMIT) -> None:
+    """A grid of the most confident mistakes: each image with its true class, predicted class and score."""
+    plt = pyplot()
+    rows, wrong = misclassified(result, limit)
+    classes, scores = result["classes"], np.asarray(result["scores"], np.float64)
+    w, h = misclassified_figsize(len(rows))
+    fig, axes = plt.subplots(max(1, math.ceil(len(rows) / GRID_COLUMNS)), GRID_COLUMNS, figsize=(w, h),
+                             layout="constrained", squeeze=False)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, rows):
+        thumb = _thumbnail(result["images"][i])
+        if thumb is None:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(thumb, interpolation="nearest")  # small images drawn large, pixels kept sharp
+        p = int(np.argmax(scores[i]))
+        truth = short_label(classes[int(result["y_true"][i])], 16)
+        ax.set_title(f"true {truth}\npred {short_label(classes[p], 16)} {scores[i, p]:.2f}", fontsize=9,
+                     color="tab:red")  # fmt: skip
+    if not rows:
+        axes[0, GRID_COLUMNS // 2].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    head = f"{len(rows)} of {wrong} misclassified, most confident first"
+    fig.suptitle(f"{title}\n{head}" if title else head, fontsize=10)
+    atomic_savefig(fig, path)
+
+
+# ----------------------------------------------------------------------------- outputs
+def prediction_rows(result: dict) -> list[dict]:
+    """Per image: path, true class, predicted class and its score: the top-1 of inference.py's record for the
+    same image (same softmax scores, ties to the lower class id)."""
+    classes, scores = result["classes"], np.asarray(result["scores"])
+    pred = np.argmax(scores, axis=1) if len(scores) else np.zeros(0, np.int64)
+    return [
+        {"path": str(p), "true": classes[int(t)], "predicted": classes[int(k)], "score": float(scores[i, k])}
+        for i, (p, t, k) in enumerate(zip(result["paths"], result["y_true"], pred))
+    ]
+
+
+def results_payload(result: dict, report: dict) -> dict:
+    """eval_results.json: the source, classes, every figure, the problems and the per-image predictions."""
+    return {
         "mode": result["mode"],
         "source": result["source"],
         "classes": result["classes"],
         **report,
         "problems": result["problems"],
+        "predictions": prediction_rows(result),
     }
-    atomic_write_text(json.dumps(payload, indent=2) + "\n", out / "eval_results.json")
-    plot_confusion_matrix(report["confusion_matrix"], result["classes"], out / "confusion_matrix.png")
-    return out, text
+
+
+def default_save_dir(root: str | Path = Path("runs") / "eval") -> Path:
+    """A new folder runs/eval/<date-time> (like training's snapshots/<date-time>); -2, -3 ... when taken."""
+    base = Path(root) / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def write_outputs(
+    result: dict, report: dict, save_dir: str | Path, misclassified_dir: str | Path | None = None
+) -> tuple[Path, str, list[Path]]:
+    """Append the text report to eval_results.txt; write eval_results.json, confusion_matrix.png (counts),
+    confusion_matrix_normalized.png, per_class.png and, with misclassified_dir, its misclassified.png.
+    Returns (the folder, the text, the files written)."""
+    out = Path(save_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_report(result, report)
+    with open(out / "eval_results.txt", "a", encoding="utf-8") as fh:
+        fh.write(text)
+    atomic_write_text(json.dumps(results_payload(result, report), indent=2) + "\n", out / "eval_results.json")
+    title, classes = eval_title(result, report), result["classes"]
+    files = [out / "eval_results.txt", out / "eval_results.json"]
+    files += [out / "confusion_matrix.png", out / "confusion_matrix_normalized.png", out / "per_class.png"]
+    plot_confusion_matrix(report["confusion_matrix"], classes, files[2], title)
+    plot_confusion_matrix(report["confusion_matrix"], classes, files[3], title, normalize=True)
+    plot_per_class(report, classes, files[4], title)
+    if misclassified_dir is not None:
+        Path(misclassified_dir).mkdir(parents=True, exist_ok=True)
+        files.append(Path(misclassified_dir) / "misclassified.png")
+        plot_misclassified(result, files[-1], title)
+    return out, text, files
+
+
+def write_split_outputs(result: dict, report: dict, folder: Path, split: str, title: str) -> list[Path]:
+    """The end of training's files for one split, in the run folder: SPLIT_results.json (eval_results.json's
+    content), SPLIT_confusion_matrix.png (row-normalised), SPLIT_per_class.png, SPLIT_misclassified.png."""
+    files = [folder / f"{split}_{name}" for name in ("results.json", "confusion_matrix.png", "per_class.png",
+                                                     "misclassified.png")]  # fmt: skip
+    atomic_write_text(json.dumps(results_payload(result, report), indent=2) + "\n", files[0])
+    plot_confusion_matrix(report["confusion_matrix"], result["classes"], files[1], title, normalize=True)
+    plot_per_class(report, result["classes"], files[2], title)
+    plot_misclassified(result, files[3], title)
+    return files

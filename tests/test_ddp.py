@@ -110,6 +110,8 @@ def test_torchrun_two_cpu_processes_converge_and_only_rank0_writes(digits_dir, t
     written = {Path(p).name for p in writes["0"]}
     assert {"summary.csv", "last.pth", "best.pth", "class_id.json", "args.yaml"} <= {n for n in os.listdir(run_dir)}
     assert written  # the hook saw rank 0's writes: the check above is not vacuous
+    assert {"val_results.json", "val_confusion_matrix.png", "val_misclassified.png"} <= written  # the end of training
+    assert proc.stdout.count("val files ") == 1
     leftovers = [n for n in os.listdir(run_dir) if n.endswith(".tmp") or ".tmp" in n]
     assert leftovers == []
 

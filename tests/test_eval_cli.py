@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cmd
+from conftest import REPO, run_cmd
+from PIL import Image
 from sklearn import metrics as skm
+
+from edgecls import evaluation
 
 FIGURES = ("topk", "accuracy", "macro", "micro", "weighted", "per_class", "confusion_matrix", "num_images")
 
@@ -44,7 +47,8 @@ def gts_by_name(digits_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset_result(trained_ckpt, digits_dir, tmp_path_factory) -> dict:
+def dataset_save(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
+    """eval's dataset mode over the digits val split, with --save-misclassified: its --save-dir."""
     save = tmp_path_factory.mktemp("ds_eval")
     r = run_cmd(
         [
@@ -55,6 +59,8 @@ def dataset_result(trained_ckpt, digits_dir, tmp_path_factory) -> dict:
             str(digits_dir),
             "--save-dir",
             str(save),
+            "--save-misclassified",
+            str(save / "wrong"),
             "--no-progress",
         ]
     )
@@ -62,7 +68,12 @@ def dataset_result(trained_ckpt, digits_dir, tmp_path_factory) -> dict:
     assert "top1" in r.stdout and "macro" in r.stdout
     assert (save / "confusion_matrix.png").stat().st_size > 1000
     assert "confusion matrix" in (save / "eval_results.txt").read_text()
-    return json.loads((save / "eval_results.json").read_text())
+    return save
+
+
+@pytest.fixture(scope="module")
+def dataset_result(dataset_save) -> dict:
+    return json.loads((dataset_save / "eval_results.json").read_text())
 
 
 def run_e2e(preds, gts, save, *extra):
@@ -317,3 +328,66 @@ def test_dataset_mode_zero_byte_reason_and_no_progress_bar_when_piped(trained_ck
     assert rep["problems"]["unreadable"] == [
         {"path": str(data / "val" / "2" / "empty.png"), "reason": "zero-byte file"}
     ]
+
+
+def top1_of_records(preds_dir: Path) -> dict[str, list]:
+    """normalized image path -> [score, label] of the record inference.py wrote for it."""
+    out = {}
+    for f in preds_dir.glob("*.json"):
+        rec = json.loads(f.read_text())
+        out[evaluation.normalize_path(rec["img_path"])] = rec["0_0"][0]
+    return out
+
+
+def test_per_image_predictions_equal_inference_records(preds_dir, dataset_result, gts_by_name, tmp_path):
+    records = top1_of_records(preds_dir)
+    rows = dataset_result["predictions"]
+    assert len(rows) == len(records) == dataset_result["num_images"]
+    for row in rows:
+        score, label = records[evaluation.normalize_path(row["path"])]
+        assert (row["predicted"], row["score"]) == (label, score), row["path"]
+        assert row["true"] == Path(row["path"]).parent.name
+    assert sum(r["true"] == r["predicted"] for r in rows) / len(rows) == dataset_result["accuracy"]
+    # end-to-end mode lists the records' own top-1 for the images of the ground truth
+    r, e2e = run_e2e(preds_dir, gts_by_name, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {evaluation.normalize_path(p["path"]): [p["score"], p["predicted"]] for p in e2e["predictions"]} == records
+
+
+def test_save_misclassified_writes_the_grid_and_eval_writes_both_confusion_views(dataset_save, dataset_result):
+    wrong = sum(p["true"] != p["predicted"] for p in dataset_result["predictions"])
+    assert wrong > 0  # the trained model is ~97%: some of the 360 val images are wrong
+    with Image.open(dataset_save / "wrong" / "misclassified.png") as img:
+        shown = min(wrong, evaluation.MISCLASSIFIED_LIMIT)
+        assert img.size == tuple(round(v * 100) for v in evaluation.misclassified_figsize(shown))
+    for name in ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.png"):
+        with Image.open(dataset_save / name) as img:
+            assert img.format == "PNG" and img.width >= 500, name
+
+
+def test_default_outputs_go_to_a_new_run_folder_and_an_explicit_folder_still_works(preds_dir, gts_by_name, tmp_path):
+    command = [str(REPO / "eval_utils" / "eval.py"), "--preds", str(preds_dir), "--gts", str(gts_by_name)]
+    for _ in range(2):
+        r = run_cmd(command, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    runs = sorted((tmp_path / "runs" / "eval").iterdir())
+    assert len(runs) == 2  # the second never writes into the first
+    for run in runs:
+        assert (run / "eval_results.txt").read_text().count("=== edgecls eval") == 1
+        assert (run / "confusion_matrix_normalized.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the current folder
+    r = run_cmd([*command, "--save-dir", "."], cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "eval_results.json").is_file(), r.stderr
+    assert f"wrote {Path('.') / 'eval_results.json'}" in r.stdout
+
+
+def test_topk_is_kept_below_the_class_count_with_one_warning(trained_ckpt, digits_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(digits_dir / "val" / "2", tmp_path / "data" / "val" / "2")
+    command = ["eval_utils/eval.py", "--snapshot", str(trained_ckpt), "--data-dir", str(tmp_path / "data")]
+    r = run_cmd([*command, "--topk", "12", "--save-dir", str(tmp_path / "out")])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["warning: --topk 12: with 10 classes top-12 would always be 1.0; reporting top-9"]
+    rep = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert list(rep["topk"]) == [f"top{k}" for k in range(1, 10)]

@@ -100,3 +100,34 @@ def test_exact_ties_go_to_the_lower_class_id():
     assert metrics.topk_accuracy([1, 2], s, 2) == 1.0
     rep = metrics.classification_report([1, 2], s, 3, topk=2)
     assert rep["accuracy"] == 0.0 and rep["confusion_matrix"] == [[0, 0, 0], [1, 0, 0], [0, 1, 0]]
+
+
+def matrix_block(classes: list[str]) -> list[str]:
+    result = {"mode": "dataset", "source": {"model": "m.pth"}, "classes": classes, "problems": {}}
+    rep = metrics.classification_report([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], 2, topk=1)
+    lines = metrics.format_report(result, rep).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
+    return lines[start : start + 4]
+
+
+def test_text_confusion_matrix_names_its_columns_like_its_rows():
+    legend, head, first, second = matrix_block(["ants", "bees"])
+    assert head.split() == ["ants", "bees"]
+    assert first.split() == ["ants", "1", "0"] and second.split() == ["bees", "1", "1"]
+    legend, head, first, second = matrix_block(["golden_retriever", "labrador_retriever"])
+    assert "columns are class ids, each row starts with its id" in legend
+    assert head.split() == ["0", "1"] and first.startswith("0 golden_retriever") and second.startswith("1 labrador")
+
+
+@pytest.mark.parametrize(
+    ("topk", "classes", "k", "note"),
+    [
+        (5, 10, 5, None),
+        (5, 5, 4, "with 5 classes top-5 would always be 1.0; reporting top-4"),
+        (9, 3, 2, "with 3 classes top-9 would always be 1.0; reporting top-2"),
+        (5, 2, 1, "with 2 classes top-5 would always be 1.0; reporting top-1 only"),
+        (1, 2, 1, None),
+    ],
+)
+def test_topk_is_kept_below_the_class_count(topk, classes, k, note):
+    assert metrics.capped_topk(topk, classes) == (k, note)

@@ -3,7 +3,9 @@
 Dataset mode: run a checkpoint or ONNX file over DATA_DIR/val/<class>/ (or --split).
 End-to-end mode: compare a folder of prediction JSONs (inference.py's output,
 `{"img_path": p, "0_0": [[score, label], ...]}`) with ground truth `{image_path: label}`.
-Both append a block to eval_results.txt and write eval_results.json and confusion_matrix.png.
+Both append a block to eval_results.txt and write eval_results.json (figures and per-image predictions),
+confusion_matrix.png (counts), confusion_matrix_normalized.png and per_class.png into --save-dir (default: a
+new runs/eval/<date-time>); --save-misclassified DIR adds DIR/misclassified.png.
 The flags are generated from EvalCommand; the work is edgecls.evaluation's.
 """
 
@@ -73,8 +75,18 @@ class EvalCommand:
         parse=int,
         at_least=1,
     )
-    save_dir: str = setting(
-        ".", "folder for eval_results.txt (appended), eval_results.json, confusion_matrix.png", group=COMMON
+    save_dir: str | None = setting(
+        None,
+        "folder for eval_results.txt (appended), eval_results.json (figures and per-image predictions), "
+        "confusion_matrix.png, confusion_matrix_normalized.png and per_class.png (default: a new "
+        "runs/eval/<date-time>)",
+        group=COMMON,
+    )
+    save_misclassified: str | None = setting(
+        None,
+        "also write DIR/misclassified.png: the most confident mistakes (up to 25) with true class, prediction, score",
+        group=COMMON,
+        metavar="DIR",
     )
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=COMMON, parse=int)
     batch_size: int = setting(32, "images per forward pass", group=COMMON, parse=int)
@@ -96,7 +108,9 @@ class EvalCommand:
         check(self)
         from edgecls.evaluation import check_save_dir
 
-        check_save_dir(self.save_dir)
+        for what in ("save_dir", "save_misclassified"):
+            if getattr(self, what) is not None:
+                check_save_dir(getattr(self, what), what)
         dataset = bool(self.snapshot or self.onnx or self.data_dir)
         if self.end_to_end and dataset:
             raise UserError("choose one mode: `snapshot`/`onnx` with `data_dir`, or `preds` with `gts`")
@@ -145,7 +159,7 @@ def run_mode(s: EvalCommand) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgecls.evaluation import classification_report, reported_topk, write_outputs
+    from edgecls.evaluation import classification_report, default_save_dir, reported_topk, write_outputs
 
     s = parse(argv)
     s.check()
@@ -156,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     report = classification_report(result["y_true"], result["scores"], len(result["classes"]), topk=k)
     if report["num_images"] == 0:
         raise UserError("no image could be evaluated; see the unreadable files listed above")
-    out, text = write_outputs(result, report, s.save_dir)
+    out, text, files = write_outputs(result, report, s.save_dir or default_save_dir(), s.save_misclassified)
     print(text, end="")
-    print(f"appended {out / 'eval_results.txt'}; wrote {out / 'eval_results.json'}, {out / 'confusion_matrix.png'}")
+    print(f"appended {files[0]}; wrote {', '.join(str(f) for f in files[1:])}")
     return 0
 
 

@@ -40,14 +40,16 @@ class CallbackList(Callback):
 
 
 class EpochLog(Callback):
-    """One line per epoch: losses, accuracies, speed, and whether it is the best so far."""
+    """One line per epoch: losses, accuracies, speed, and whether it is the best so far (no top-K column when
+    K is 1: with 2 classes top-K is kept below the class count, so it would repeat top-1)."""
 
     def on_epoch_end(self, run, metrics: dict) -> None:
         m, k = metrics, run.topk
         ema = f" (raw {m['val_top1_raw']:.4f}, EMA {m['val_top1_ema']:.4f})" if m.get("val_top1_ema") != "" else ""
+        topk = f" top-{k} {m['val_topk']:.4f}" if k > 1 else ""
         run.log(
             f"epoch {m['epoch']}/{run.cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
-            f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.4f}{ema} top-{k} {m['val_topk']:.4f}  "
+            f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.4f}{ema}{topk}  "
             f"{m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s" + ("  *best*" if m["is_best"] else "")
         )
 
@@ -65,7 +67,11 @@ class EarlyStop(Callback):
 
 
 class FinalTable(Callback):
-    """The table printed when training ends: the best epoch's figures and where the files are."""
+    """The table printed when training ends: the best epoch's figures, the test/ figures of that checkpoint (or
+    a word that val chose it), the end-of-training files and where the run folder is."""
+
+    def __init__(self, evaluation=None):
+        self.evaluation = evaluation  # the FinalEvaluation callback, when there is one
 
     def on_train_end(self, run, result) -> None:
         rows = run.recorder.history
@@ -73,17 +79,42 @@ class FinalTable(Callback):
             return
         best = next((r for r in rows if int(r["epoch"]) == result.best_epoch), rows[-1])
         k, run_dir = run.topk, run.recorder.run_dir
-        print("\n  metric          value")
-        print("  --------------  ----------")
-        print(f"  best epoch      {best['epoch']}")
-        print(f"  val top-1       {float(best['val_top1']):.4f}")
-        print(f"  val top-{k:<7} {float(best['val_topk']):.4f}")
-        print(f"  val loss        {float(best['val_loss']):.4f}")
+        found = self.evaluation.results if self.evaluation is not None else {}
+        lines = ["", "  metric          value", "  --------------  ----------", f"  best epoch      {best['epoch']}"]
+        lines.append(f"  val top-1       {float(best['val_top1']):.4f}")
+        if k > 1:
+            lines.append(f"  val top-{k:<7} {float(best['val_topk']):.4f}")
+        lines.append(f"  val loss        {float(best['val_loss']):.4f}")
+        lines += selection_lines(run, found.get("test"), k)
         if best.get("weights") == "ema":
-            print("  weights         EMA (the moving average scored higher than the raw weights)")
-        print(f"  epochs run      {len(rows)}")
-        print(f"  best model      {run_dir / 'best.pth'}")
-        print(f"  run folder      {run_dir}  (summary.csv, curves.png, args.yaml, class_id.json)\n", flush=True)
+            lines.append("  weights         EMA (the moving average scored higher than the raw weights)")
+        lines.append(f"  epochs run      {len(rows)}")
+        lines.append(f"  best model      {run_dir / 'best.pth'}")
+        for split, done in found.items():
+            lines.append(f"  {split + ' files':<16}{', '.join(f.name for f in done.files)}")
+        lines.append(f"  run folder      {run_dir}  (summary.csv, curves.png, args.yaml, class_id.json)")
+        print("\n".join(lines) + "\n", flush=True)
+
+
+def selection_lines(run, test, k: int) -> list[str]:
+    """Honest metrics: the test/ figures of the checkpoint val chose, or why the val figure is optimistic."""
+    from edgecls.evaluation import has_split
+
+    if test is not None:
+        r = test.report
+        lines = [f"  test top-1      {r['accuracy']:.4f}  (best.pth, chosen on val; {r['num_images']} test images)"]
+        if k > 1:
+            lines.append(f"  test top-{k:<6} {r['topk'][f'top{k}']:.4f}")
+        return lines
+    lines = [
+        "  note            val chose best.pth (it is the selection split), so the val figure is optimistic; "
+        "hold out a test/ split for an unbiased one: edgecls data split --test-fraction"
+    ]
+    if has_split(run.cfg.data, "test"):
+        lines[0] = "  note            val chose best.pth (it is the selection split), so the val figure is optimistic"
+        lines.append("  test            not evaluated (final_eval is off, or it was skipped: see above); "
+                     "eval_utils/eval.py --split test evaluates it")  # fmt: skip
+    return lines
 
 
 class TensorBoardLog(Callback):
@@ -117,5 +148,8 @@ class TensorBoardLog(Callback):
 
 
 def default_callbacks(cfg=None) -> list[Callback]:
+    from edgecls.engine.final_eval import FinalEvaluation
+
     extra = [TensorBoardLog()] if cfg is not None and cfg.tensorboard else []
-    return [EpochLog(), EarlyStop(), *extra, FinalTable()]
+    evaluation = FinalEvaluation() if cfg is not None and cfg.final_eval else None
+    return [EpochLog(), EarlyStop(), *extra, *([evaluation] if evaluation else []), FinalTable(evaluation)]

@@ -41,7 +41,8 @@ MODEL, OPTIM, AUGMENT, STOP, HARDWARE = (
 # What `--resume` may change: where things are and how fast they run, never what is trained. Every other
 # setting given on resume must equal the run's recorded value.
 RESUME_MAY_CHANGE = (
-    "data", "epochs", "workers", "gpu", "cudnn_benchmark", "model_def_path", "cache_dir", "cache_limit", "exist_ok"
+    "data", "epochs", "workers", "gpu", "cudnn_benchmark", "model_def_path", "cache_dir", "cache_limit", "exist_ok",
+    "final_eval",
 )  # fmt: skip
 
 
@@ -195,7 +196,10 @@ class TrainConfig:
     exist_ok: bool = setting(
         False, "allow writing into a --snapshot-path that already has checkpoints", group=STOP, kind=SWITCH
     )
-    topk: int = setting(5, "K for the top-K validation accuracy", group=STOP, parse=int, at_least=1)
+    topk: int = setting(
+        5, "K for the top-K validation accuracy (kept below the class count: top-1 only with 2 classes)", group=STOP,
+        parse=int, at_least=1,
+    )  # fmt: skip
     # ---- hardware
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=HARDWARE, parse=int)
     workers: int = setting(
@@ -245,6 +249,13 @@ class TrainConfig:
         kind=TOGGLE,
     )
     seed: int = setting(0, "random seed (data order, augmentation, init)", group=HARDWARE, parse=int)
+    final_eval: bool = setting(
+        True,
+        "when training ends, evaluate best.pth on val/ (and test/ when the dataset has one): confusion matrix, "
+        "per-class precision/recall/F1 and misclassified-image PNGs plus per-image predictions in the run folder",
+        group=STOP,
+        kind=TOGGLE,
+    )
     tensorboard: bool = setting(
         False, "also write TensorBoard event files to RUN/tensorboard (needs the tensorboard package)", group=STOP,
         kind=SWITCH,

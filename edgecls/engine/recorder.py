@@ -1,5 +1,6 @@
 """RunRecorder: the run folder. It owns best.pth and last.pth, summary.csv, curves.png, timings.json,
-args.yaml, class_id.json and bad_files.txt; under DDP only rank 0's recorder writes.
+args.yaml, class_id.json and bad_files.txt; under DDP only rank 0's recorder writes. (The end-of-training
+files, val_*/test_*, are engine/final_eval.py's.)
 
 Every file is written atomically, and summary.csv is rewritten whole each epoch, so a run killed at any
 moment leaves a folder that `--resume` continues from.
@@ -44,6 +45,11 @@ class RunRecorder:
         self.enabled = enabled
         self.history: list[dict] = []  # one summary row per epoch trained, resumed runs included
         self.timings: dict = {}
+        self.curve_title, self.topk = self.run_dir.name, 5
+
+    def describe_curves(self, title: str, topk: int) -> None:
+        """What curves.png is titled and which K its top-K line is (the run's, capped below the class count)."""
+        self.curve_title, self.topk = title, topk
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -76,7 +82,7 @@ class RunRecorder:
             save_checkpoint(best, self.path("best.pth"))
         save_checkpoint({**last, "train": train_state}, self.path("last.pth"))
         write_summary(self.history, self.path("summary.csv"))
-        plot_curves(self.history, self.path("curves.png"))
+        plot_curves(self.history, self.path("curves.png"), self.curve_title, self.topk)
 
 
 def write_args_yaml(args: dict, path: Path) -> None:
@@ -100,29 +106,48 @@ def write_summary(rows: list[dict], path: Path) -> None:
     atomic_write_text(buf.getvalue(), path)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train vs val."""
+CURVES_SIZE = (15.0, 4.5)  # inches at 100 dpi: curves.png is 1500 x 450 pixels
+
+
+def best_epoch(rows: list[dict]) -> int | None:
+    """The epoch best.pth holds: the first with the highest val top-1 (EarlyStopping's strict rule)."""
+    scored = [(float(r["val_top1"]), -int(r["epoch"])) for r in rows if r.get("val_top1") not in (None, "")]
+    return -max(scored)[1] if scored else None
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "", topk: int = 5) -> None:
+    """Loss, accuracy (train vs val, val top-K) and learning rate per epoch; the best epoch marked."""
     if not rows:
         return
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from edgecls.evaluation import pyplot
 
+    plt = pyplot()
     epochs = [int(r["epoch"]) for r in rows]
 
     def series(key: str) -> list[float]:
         return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, series("train_loss"), label="train")
-    ax1.plot(epochs, series("val_loss"), label="val")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.plot(epochs, series("train_acc"), label="train top-1")
-    ax2.plot(epochs, series("val_top1"), label="val top-1")
-    ax2.plot(epochs, series("val_topk"), label="val top-k", linestyle="--")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
-    fig.tight_layout()
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=CURVES_SIZE, layout="constrained")
+    ax1.plot(epochs, series("train_loss"), marker=".", label="train")
+    ax1.plot(epochs, series("val_loss"), marker=".", label="val")
+    ax1.set_ylabel("loss")
+    ax2.plot(epochs, series("train_acc"), marker=".", label="train top-1")
+    ax2.plot(epochs, series("val_top1"), marker=".", label="val top-1")
+    if topk > 1:
+        ax2.plot(epochs, series("val_topk"), marker=".", label=f"val top-{topk}", linestyle="--")
+    ax2.set_ylabel("accuracy")
+    ax3.plot(epochs, series("lr"), marker=".", color="tab:purple", label="learning rate (epoch start)")
+    ax3.set_ylabel("learning rate")
+    ax3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    best = best_epoch(rows)
+    for ax in (ax1, ax2, ax3):
+        if best is not None:
+            ax.axvline(best, color="0.35", linestyle=":", label=f"best epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no fractional epochs on short runs
+        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    fig.suptitle(title or path.parent.name)
     atomic_savefig(fig, path)
 
 

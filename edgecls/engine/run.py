@@ -45,6 +45,7 @@ from edgecls.engine.recipes import describe, recipe_record, resolve_recipe
 from edgecls.engine.recorder import RunRecorder
 from edgecls.engine.seeding import rng_state, seed_everything, set_rng_state
 from edgecls.errors import UserError
+from edgecls.evaluation import capped_topk
 from edgecls.models import create_model, get_spec, load_plugins
 from edgecls.models.registry import takes_kwarg
 from edgecls.models.stages import parameter_stages
@@ -301,7 +302,10 @@ class Run:
         self.train_model = dist_utils.wrap_model(self.model, self.ctx)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
-        self.topk = min(cfg.topk, len(self.classes))
+        self.topk, capped = capped_topk(cfg.topk, len(self.classes))
+        if capped:
+            self.log(f"topk {cfg.topk}: {capped}")
+        self.recorder.describe_curves(f"{cfg.model_name} \u00b7 {self.recorder.run_dir.name}", self.topk)
 
     # ------------------------------------------------------------------ resume
     def restore(self, ckpt: dict) -> None:
