@@ -1,9 +1,9 @@
 """inference.py's library: classify image files into prediction records (the JSON eval reads back).
 
 One image gives one record file; many images (a folder or a glob) give a folder of records plus
-summary.csv. A record is `{"img_path": ..., "0_0": [[score, label], ...]}`, best first. Output files are
-written atomically; an earlier run's records are replaced only with `force`, and nothing else is ever
-replaced or deleted.
+summary.csv; without a path given, both go into a new run folder, runs/inference/<name>/. A record is
+`{"img_path": ..., "0_0": [[score, label], ...]}`, best first. Output files are written atomically; an
+earlier run's records are replaced only with `force`, and nothing else is ever replaced or deleted.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from edgecls.data.images import has_image_extension
 from edgecls.data.layout import is_hidden, walk_files
 from edgecls.errors import UserError
 
+RUNS_DIR = Path("runs") / "inference"  # default outputs: RUNS_DIR/<name>/, never the current folder
+SINGLE_NAME = "inference_result.json"  # one image's record inside its run folder (Kneron's default name)
 SUMMARY_NAME = "summary.csv"
 SUMMARY_FIELDS = ["img_path", "top1_label", "top1_score", "json_file", "error"]
 MAX_PREDICTION_BYTES = 16 * 2**20  # a larger .json is not one of our records (all of 100k classes is ~4 MB)
@@ -97,14 +101,57 @@ def check_single_output(save_path: Path, img_path: str, force: bool) -> None:
         )
 
 
-def classify_one(predictor, path: str, save_path: Path, topk: int) -> dict:
-    """The record of one image, written to `save_path`."""
+def predict_one(predictor, path: str, topk: int) -> dict:
+    """The record of one image (a UserError naming it when it cannot be read)."""
     [(path, probs, error)] = list(predictor.predict_paths([path], batch_size=1, workers=1))
     if error:
         raise UserError(f"{path}: {error}")
-    record = prediction_record(path, predictor.topk(probs, topk))
+    return prediction_record(path, predictor.topk(probs, topk))
+
+
+def write_record(record: dict, save_path: Path) -> None:
     atomic_write_text(json.dumps(record, indent=2) + "\n", save_path)
+
+
+def classify_one(predictor, path: str, save_path: Path, topk: int) -> dict:
+    """The record of one image, written to `save_path`."""
+    record = predict_one(predictor, path, topk)
+    write_record(record, save_path)
     return record
+
+
+# ------------------------------------------------------------------ the default run folder
+def run_name(spec: str) -> str:
+    """The input's name for its run folder: a file's stem, a folder's name, a glob's fixed folder."""
+    fixed = spec
+    if glob.has_magic(spec):
+        parts = Path(spec).parts
+        fixed = str(Path(*parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))] or ["."]))
+    path = Path(os.path.abspath(fixed))
+    name = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return name or "predict"
+
+
+def check_run_name(name: str, base: str | os.PathLike = RUNS_DIR) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise UserError(f"`name` {name!r}: give a folder name (the run folder is {base}/<name>), not a path")
+
+
+def claim_run_folder(name: str, base: str | os.PathLike = RUNS_DIR) -> Path:
+    """A new, empty base/name (then name-2, name-3, ...): made with an exclusive mkdir, so an earlier run's
+    folder is never reused and two runs started together never share one."""
+    check_run_name(name, base)
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    for i in itertools.count(1):
+        folder = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------------ many images
@@ -161,6 +208,7 @@ class FolderRun:
     folder: Path
     total: int
     failed: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # summary.csv's rows, in input order
 
     @property
     def done(self) -> int:
@@ -173,7 +221,8 @@ def classify_many(predictor, paths: list[str], folder: Path, topk: int, batch_si
 
     root = os.path.commonpath([os.path.dirname(os.path.abspath(str(p))) for p in paths])
     used: set[str] = set()
-    run, rows = FolderRun(folder, len(paths)), []
+    run = FolderRun(folder, len(paths))
+    rows = run.rows
     with progress_bar(len(paths), progress) as bar:
         for path, probs, error in predictor.predict_paths(paths, batch_size=batch_size, workers=workers):
             bar.update(1)

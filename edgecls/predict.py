@@ -187,6 +187,22 @@ def check_input_size(path, fixed: tuple[int, int] | None, size) -> None:
     )
 
 
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QGemm", "QAttention"}
+
+
+def onnx_precision(path) -> str:
+    """ "int8" when the graph quantizes (QDQ nodes, QLinear* or *Integer operators), else "fp32"."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - onnxruntime has loaded it; an unreadable graph only loses this label
+        return "unknown"
+    ops = {node.op_type for node in graph.node}
+    quantized = ops & QUANTIZED_OPS or any(op.startswith("QLinear") or op.endswith("Integer") for op in ops)
+    return "int8" if quantized else "fp32"
+
+
 class _OnnxRunner:
     def __init__(self, session, softmax_applied: bool, fixed_batch_one: bool, fixed_hw: tuple[int, int] | None):
         self.session = session
@@ -448,9 +464,17 @@ class Predictor:
         order = np.argsort(-row, kind="stable")[:k]
         return [(float(row[i]), self.classes[i]) for i in order]
 
+    @property
+    def precision(self) -> str:
+        """ "int8" for a quantized ONNX graph, else "fp32"; read from the graph once, when first asked."""
+        if not hasattr(self, "_precision"):
+            self._precision = onnx_precision(self.path) if self.kind == "onnx" else "fp32"
+        return self._precision
+
     def info(self) -> dict:
         return {
             "backbone": self.backbone,
+            "precision": self.precision,
             "classes": list(self.classes),
             "num_classes": len(self.classes),
             "input_size": list(self.preprocess.input_size),

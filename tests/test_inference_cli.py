@@ -367,3 +367,45 @@ def test_zero_byte_image_named_as_such_and_no_progress_bar_when_piped(trained_ck
     )  # stderr is a pipe here: no bar even without --no-progress
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip() == f"warning: {folder / 'empty.png'}: zero-byte file (skipped)"
+
+
+def test_folder_prints_a_table_and_defaults_to_a_new_run_folder(trained_ckpt, small_val, tmp_path):
+    from conftest import REPO
+
+    args = [str(REPO / "inference.py"), "--snapshot", str(trained_ckpt), "--img-path", str(small_val), "--show", "4"]
+    r = run_cmd(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "runs" / "inference" / "val"
+    rows = list(csv.DictReader((folder / "summary.csv").open()))
+    assert len(rows) == 30 and len(list(folder.glob("*.json"))) == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"], "nothing written into the current folder"
+    lines = r.stdout.splitlines()
+    start = lines.index("first 4 of 30 images:")
+    assert lines[start + 1].split() == ["file", "top-1", "score"]
+    for line, row in zip(lines[start + 2 : start + 6], rows):
+        name, label, score = line.split()
+        assert name == str(Path(row["img_path"]).relative_to(small_val))  # below the folder they share
+        assert label == row["top1_label"] and score == f"{float(row['top1_score']):.4f}"
+    assert f"-> {Path('runs') / 'inference' / 'val'}/" in r.stdout
+    again = run_cmd([*args, "--show", "0"], cwd=tmp_path)  # a second run never reuses the first one's folder
+    assert again.returncode == 0, again.stderr
+    assert "images:" not in again.stdout and (tmp_path / "runs" / "inference" / "val-2" / "summary.csv").is_file()
+    assert len(list(folder.glob("*.json"))) == 30
+
+
+def test_single_image_defaults_to_a_named_run_folder(trained_ckpt, small_val, tmp_path):
+    from conftest import REPO
+
+    img = sorted((small_val / "4").iterdir())[0]
+    args = [str(REPO / "inference.py"), "--snapshot", str(trained_ckpt), "--img-path", str(img), "--name", "one"]
+    r = run_cmd(args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    saved = tmp_path / "runs" / "inference" / "one" / "inference_result.json"
+    assert json.loads(saved.read_text())["img_path"] == str(img)
+    assert f"saved {Path('runs') / 'inference' / 'one' / 'inference_result.json'}" in r.stdout
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad = run_cmd([*args[:3], "--img-path", str(broken)], cwd=tmp_path)
+    assert bad.returncode == 2
+    assert not (tmp_path / "runs" / "inference" / "broken").exists(), "a failed start writes nothing"
+    assert run_cmd([*args[:-1], "../x"], cwd=tmp_path).returncode == 2  # a name, not a path

@@ -166,6 +166,7 @@ def test_model_info(server, predictor):
     assert reply["input_size"] == [32, 32]
     assert reply["preprocess"] == predictor.preprocess.to_dict()
     assert reply["path"] == "best.pth", "the server's folders are not the client's business"
+    assert reply["precision"] == "fp32"
     assert reply["limits"]["max_upload_bytes"] == int(MAX_UPLOAD_MB * 1024 * 1024)
 
 
@@ -467,12 +468,20 @@ def test_serves_an_onnx_file_with_the_same_answers(trained_ckpt, samples, tmp_pa
     onnx.save(proto, str(onnx_path))
     proc, url = start_server(onnx_path, "--no-access-log")
     try:
-        assert httpx.get(f"{url}/model").json()["kind"] == "onnx"
+        info = httpx.get(f"{url}/model").json()
+        assert info["kind"] == "onnx" and info["path"] == "model.onnx" and info["precision"] == "fp32"
         for path, digit in samples[:2]:
             reply = post_image(url, path.read_bytes()).json()
             assert reply["success"] is True and reply["predictions"][0]["label"] == digit
     finally:
         stop_server(proc)
+    from edgecls.export.quantize import quantize_int8
+    from edgecls.predict import Predictor
+
+    fp32 = Predictor.from_path(onnx_path)
+    calib = np.stack([fp32.preprocess_image(Image.open(p).convert("RGB")) for p, _ in samples]).astype(np.float32)
+    onnx.save(quantize_int8(proto, calib), str(tmp_path / "model.int8.onnx"))  # as --quantize int8
+    assert Predictor.from_path(tmp_path / "model.int8.onnx").info()["precision"] == "int8"
 
 
 def test_cli_missing_model_is_a_one_line_error(tmp_path):

@@ -97,3 +97,28 @@ def test_a_non_image_shows_the_servers_message(page, server, tmp_path):
     page.wait_for_selector("#error:not([hidden])")
     assert "not an image" in page.text_content("#error")
     assert page.eval_on_selector_all("#results li", "items => items.length") == 0
+
+
+def test_no_output_before_an_upload_nor_after_an_error(page, server, tmp_path):
+    """style.css's `.output { display: grid }` once beat the `hidden` attribute: a broken image showed."""
+    open_page(page, server)
+    assert page.is_hidden("#output") and page.is_hidden("#preview")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.is_hidden("#output") and page.is_hidden("#preview")
+    assert page.is_visible("#error")
+
+
+def test_model_file_precision_and_a_small_image_drawn_large(page, server, trained_ckpt, digits_dir):
+    ((path, digit),) = correctly_classified(trained_ckpt, digits_dir, count=1)
+    open_page(page, server)
+    assert page.text_content("#model-file") == "best.pth" and page.text_content("#model-precision") == "FP32"
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#results li")
+    page.wait_for_function("document.getElementById('preview').classList.contains('small')")
+    natural = page.eval_on_selector("#preview", "img => [img.naturalWidth, img.naturalHeight]")
+    box = page.eval_on_selector("#preview", "img => [img.getBoundingClientRect().width, img.clientHeight]")
+    assert natural == [32, 32] and min(box) >= 120, f"a {natural} image drawn at {box} px"
+    assert page.eval_on_selector("#preview", "img => getComputedStyle(img).imageRendering") == "pixelated"

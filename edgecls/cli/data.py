@@ -76,7 +76,12 @@ class VerifyCommand:
         "train before val before test; each copy has its own kind against that first file)",
         group="output",
     )
-    strict: bool = setting(False, "exit 1 when problems remain (for CI)", group="output", kind=SWITCH)
+    strict: bool = setting(
+        False,
+        "exit 1 when problems remain, including anything train.py would refuse (for CI)",
+        group="output",
+        kind=SWITCH,
+    )
 
 
 @dataclass
@@ -158,13 +163,15 @@ SUBCOMMANDS = {  # name: (settings, one-line help, description)
         "stratified, seeded train/val(/test) split",
         "Split DIR/<class>/ into DIR/train|val[|test]/<class>/ (copies unless --move), "
         "or move a share of DIR/train/<class>/ into val/ (and test/). Image counts are checked "
-        "before = after; nothing is deleted.",
+        "before = after; nothing is deleted (after a copy, the report says how to remove the originals).",
     ),
     "verify": (
         VerifyCommand,
         "find bad, tiny and duplicate images; counts and sizes",
-        "Report zero-byte, unsupported, corrupt and tiny images, duplicates (also across "
-        "splits: leakage; across classes: label conflicts), class counts, imbalance and image sizes.",
+        "Report zero-byte, unsupported, corrupt and tiny images, files outside any class folder, duplicates "
+        "(also across splits: leakage; across classes: label conflicts), everything train.py would refuse "
+        "(too few classes, a val/ class unknown to train/, no readable train/ or val/ images), class folders "
+        "beside train/ (a second copy), class counts, imbalance and image sizes.",
     ),
     "augment": (
         AugmentCommand,
@@ -183,7 +190,8 @@ SUBCOMMANDS = {  # name: (settings, one-line help, description)
     "stats": (
         StatsCommand,
         "counts per class and split, a class-histogram PNG",
-        "Count image files per class and split (no decoding) and plot them.",
+        "Count image files per class and split (no decoding) and plot them; warn about class folders beside "
+        "train/ (a second copy of the data).",
     ),
     "pack": (
         PackConfig,
@@ -239,7 +247,7 @@ def _verify(s: VerifyCommand) -> int:
     print(format_report(report, limit=s.limit))
     moved = {q["from"] for q in report["quarantined"]}
     remaining = [p for p in report["problems"] if p["path"] not in moved]
-    return 1 if s.strict and remaining else 0
+    return 1 if s.strict and (remaining or report["dataset_problems"]) else 0
 
 
 def _augment(s: AugmentCommand) -> int:

@@ -1,14 +1,15 @@
 """`inference.py --img-path PATH`: top-K classes per image from a checkpoint or an ONNX file.
 
-One image: prints the top-K and writes `--save-path` (inference_result.json) as
-`{"img_path": ..., "0_0": [[score, label], ...]}`. A folder or a glob: one such JSON per
-image in a folder (the `--save-path` without `.json`), which is exactly what
-`eval_utils/eval.py --preds` reads, plus `summary.csv`.
+One image: prints the top-K and writes `--save-path` as `{"img_path": ..., "0_0": [[score, label], ...]}`.
+A folder or a glob: one such JSON per image in a folder (the `--save-path` without `.json`), which is
+exactly what `eval_utils/eval.py --preds` reads, plus `summary.csv`, and prints a table of the first
+`--show` images. Without `--save-path`, a new run folder runs/inference/<name>/ gets them.
 The flags are generated from InferenceCommand; the work is edgecls.classify's.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,23 @@ class InferenceCommand:
         group=IO,
         required=True,
     )
-    save_path: str = setting(
-        "inference_result.json",
+    save_path: str | None = setting(
+        None,
         "JSON file for one image; for many images the folder <save-path minus .json> gets one JSON "
-        "per image and summary.csv",
+        "per image and summary.csv (default: a new run folder runs/inference/<name>/, holding "
+        "inference_result.json for one image)",
         group=IO,
     )
+    name: str | None = setting(
+        None,
+        "the default run folder's name (default: the input's name); -2, -3, ... is added when "
+        "runs/inference/<name> exists. Not used with --save-path",
+        group=IO,
+    )
+    show: int = setting(
+        10, "many images: print a table of the first N (file, top-1 class, score); 0: none", group=IO,
+        parse=int, at_least=0,
+    )  # fmt: skip
     topk: int = setting(5, "classes listed per image (capped at the class count)", group=IO, parse=int, at_least=1)
     force: bool = setting(
         False,
@@ -125,20 +137,48 @@ def print_single(record: dict, out=sys.stdout) -> None:
         print(f"  {rank}. {label:<20} {score:.4f}", file=out)
 
 
+def print_table(all_rows: list[dict], count: int, out=sys.stdout) -> None:
+    """The first `count` images' top-1 as a table: file (below the folder all images share), class, score."""
+    rows, total = all_rows[:count], len(all_rows)
+    if not rows:
+        return
+    names = _short_names([r["img_path"] for r in all_rows])[:count]
+    width = min(max(4, *(len(n) for n in names)), 60)
+    label_width = min(max(5, *(len(r["top1_label"]) for r in rows)), 30)
+    print(f"first {len(rows)} of {total} images:" if len(rows) < total else f"{total} images:", file=out)
+    print(f"  {'file':<{width}}  {'top-1':<{label_width}}  score", file=out)
+    for name, row in zip(names, rows):
+        name = name if len(name) <= width else "..." + name[-(width - 3) :]
+        if row.get("error"):
+            print(f"  {name:<{width}}  (unreadable: {row['error']})", file=out)
+        else:
+            print(f"  {name:<{width}}  {row['top1_label']:<{label_width}}  {float(row['top1_score']):.4f}", file=out)
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """Paths below the deepest folder that holds them all (as given when they share none)."""
+    try:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:
+        return list(paths)
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgecls import classify
 
     s = parse(argv)
+    if s.name is not None:
+        classify.check_run_name(s.name)
     paths, many = classify.collect_images(s.img_path)
     if not many:
-        classify.check_single_output(Path(s.save_path), paths[0], s.force)
-        record = classify.classify_one(load(s), paths[0], Path(s.save_path), s.topk)
-        print_single(record)
-        print(f"saved {s.save_path}")
-        return 0
+        return _single(s, paths[0])
     predictor = load(s)
-    folder = classify.output_folder(s.save_path)
-    other = classify.prepare_output_folder(folder, s.force)
+    if s.save_path:
+        folder = classify.output_folder(s.save_path)
+        other = classify.prepare_output_folder(folder, s.force)
+    else:
+        folder, other = classify.claim_run_folder(s.name or classify.run_name(s.img_path)), []
     if other:
         print(
             f"warning: --save-path: {folder} also holds {len(other)} other JSON file(s) (e.g. {other[0].name}), "
@@ -148,12 +188,30 @@ def main(argv: list[str] | None = None) -> int:
     run = classify.classify_many(predictor, paths, folder, s.topk, s.batch_size, s.workers, s.progress)
     for path, error in run.failed:
         print(f"warning: {path}: {error} (skipped)", file=sys.stderr)
+    print_table(run.rows, s.show)
     print(
         f"classified {run.done} of {run.total} images ({len(run.failed)} unreadable) -> {folder}/ "
         f"(one JSON per image, {classify.SUMMARY_NAME})"
     )
     if run.done == 0:
         raise UserError(f"none of the {run.total} images could be read; see the warnings above")
+    return 0
+
+
+def _single(s: InferenceCommand, path: str) -> int:
+    """One image: its top-K printed and written to --save-path, or into a new run folder."""
+    from edgecls import classify
+
+    if s.save_path:
+        classify.check_single_output(Path(s.save_path), path, s.force)
+    record = classify.predict_one(load(s), path, s.topk)
+    if s.save_path:
+        save_path = Path(s.save_path)
+    else:  # claimed only now: a failed start leaves no folder behind
+        save_path = classify.claim_run_folder(s.name or classify.run_name(path)) / classify.SINGLE_NAME
+    classify.write_record(record, save_path)
+    print_single(record)
+    print(f"saved {save_path}")
     return 0
 
 

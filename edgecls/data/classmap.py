@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from edgecls.atomic import atomic_write_text
+from edgecls.data.checks import no_classes_message
 from edgecls.data.layout import class_folders, iter_files
 from edgecls.errors import UserError
 
@@ -23,7 +24,7 @@ def discover_classes(train_dir: str | os.PathLike) -> list[str]:
         raise UserError(f"{root}: no such folder; expected DATASET/train/<class>/<images>")
     classes = class_folders(root)
     if not classes:
-        raise UserError(f"{root}: no class folders; put images in {root}/<class_name>/")
+        raise UserError(no_classes_message(root))
     return classes
 
 

@@ -10,15 +10,17 @@ its samples are `Member`s of the tar shards, in the source folder's order.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from edgecls.data.classmap import check_split_classes, discover_classes
+from edgecls.data.checks import count_findings, layout_findings, loose_images, loose_warning
+from edgecls.data.classmap import discover_classes
 from edgecls.data.images import has_image_extension, load_rgb
-from edgecls.data.layout import walk_files
+from edgecls.data.layout import class_folders, walk_files
 from edgecls.data.verify import verify_files
 from edgecls.errors import UserError
 
@@ -77,22 +79,29 @@ def resolve_dataset(root: str | os.PathLike) -> tuple[Path, list[str]]:
 def scan_dataset(
     root: str | os.PathLike, splits=("train", "val"), workers: int | None = None, use_cache: bool = True
 ) -> tuple[list[str], dict[str, Split]]:
-    """Classes from train/, then each existing split scanned and verified (or a shard folder's index read)."""
+    """Classes from train/, then each existing split scanned and verified (or a shard folder's index read).
+
+    The rules of edgecls.data.checks decide: their first refusal is raised (a UserError), the warnings are
+    issued; val/ is required when it is one of `splits`. Images outside any class folder are named.
+    """
     from edgecls.data.shards.index import scan_shards, shard_index_path
 
     if shard_index_path(root) is not None:
-        return scan_shards(root, splits)
-    root, classes = resolve_dataset(root)
-    out: dict[str, Split] = {}
-    for name in splits:
-        split_dir = root / name
-        if not split_dir.is_dir():
-            continue
-        if name != "train":
-            check_split_classes(split_dir, classes)
-        out[name] = scan_split(split_dir, classes, workers=workers, use_cache=use_cache)
-        if not out[name].samples and name == "train":
-            raise UserError(f"{split_dir}: no readable images in any class folder")
+        classes, out = scan_shards(root, splits)
+        layout_findings(Path(root), classes, {}).raise_first()
+        loose = []
+    else:
+        root, classes = resolve_dataset(root)
+        present = [name for name in splits if (root / name).is_dir()]
+        layout_findings(root, classes, {n: class_folders(root / n) for n in present if n != "train"}).raise_first()
+        out = {name: scan_split(root / name, classes, workers=workers, use_cache=use_cache) for name in present}
+        loose = loose_images(root, present)
+    counts = {name: split.counts(len(classes)) for name, split in out.items()}
+    findings = count_findings(Path(root), classes, counts, need_val="val" in splits)
+    findings.raise_first()
+    for message in [*findings.warnings, loose_warning(loose)]:
+        if message:
+            warnings.warn(message, stacklevel=2)
     return classes, out
 
 

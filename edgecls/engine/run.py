@@ -165,23 +165,9 @@ class Run:
         classes, splits = scan_dataset(cfg.data, splits=("train", "val"), workers=None)
         if ctx.enabled and ctx.rank == 0:
             dist_utils.barrier(ctx)
-        val = splits.get("val")
-        if val is None or not val.samples:
-            raise UserError(
-                f"{cfg.data}: no val/ images; create DATASET/val/<class>/ (e.g. `edgecls data split {cfg.data}`)"
-            )
-        if len(classes) < 2:
-            raise UserError(
-                f"{cfg.data}: only one class ({classes[0]!r}); a classifier needs at least 2 class folders under train/"
-            )
-        self.classes, self.splits = classes, splits
+        self.classes, self.splits = classes, splits  # scan_dataset refused what training cannot use (data.checks)
         self.counts = splits["train"].counts(len(classes))
         self.bad_report = bad_file_report(splits)
-        empty = [name for name, n in zip(classes, self.counts) if n == 0]
-        if empty:
-            self.log(
-                f"warning: train/ has no readable images for class(es) {', '.join(empty)}; the model cannot learn them"
-            )
 
     def _build_model(self, load_snapshot: bool) -> None:
         cfg = self.cfg

@@ -108,6 +108,8 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     batcher = MicroBatcher(predictor.predict_arrays, max_batch=settings.max_model_batch)
     decode_pool = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="edgecls-decode")
     num_classes = len(predictor.classes)
+    info = dict(predictor.info())  # read once (an ONNX file's precision is read from its graph)
+    info["path"] = os.path.basename(str(info.get("path", "")))  # the file's name, not where it lives
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -274,17 +276,19 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
             "images": batcher.images,
         }
 
-    @app.get("/model", tags=["service"], summary="Backbone, classes, input size, preprocessing, limits")
+    @app.get(
+        "/model",
+        tags=["service"],
+        summary="Model file name, precision (fp32 | int8), backbone, classes, input size, preprocessing, limits",
+    )
     async def model():
-        info = dict(predictor.info())
-        info["path"] = os.path.basename(str(info.get("path", "")))  # the file's name, not where it lives
-        info["limits"] = {
+        limits = {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_files": settings.max_batch_files,
             "max_pixels": settings.max_pixels,
             "default_topk": min(settings.default_topk, num_classes),
         }
-        return {"success": True, **info}
+        return {"success": True, **info, "limits": limits}
 
     @app.get("/", include_in_schema=False)
     async def index():

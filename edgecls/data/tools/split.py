@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from edgecls.atomic import atomic_copy
+from edgecls.data.checks import copies_beside, copies_warning
 from edgecls.data.images import has_image_extension
 from edgecls.data.layout import class_folders, walk_paths
 from edgecls.data.tools import SPLITS, detect_layout, free_path, move_file
@@ -85,7 +86,8 @@ def split_dataset(
     move: bool = False,
     force: bool = False,
 ) -> dict:
-    """Split DIR in place; returns {"layout", "mode", "counts": {class: {split: n}}, "left": [...]}."""
+    """Split DIR in place; returns {"layout", "mode", "counts": {class: {split: n}}, "left": [...], "originals"}
+    ("originals": the class folders a copy left beside train/)."""
     _check_fractions(val_fraction, test_fraction)
     layout = detect_layout(root)
     root = layout.root
@@ -172,6 +174,7 @@ def split_dataset(
         "counts": counts,
         "total": sum(before.values()),
         "left": left,
+        "originals": copies_beside(root, classes) if mode == "copy" else [],  # a second copy of the data
     }
 
 
@@ -199,4 +202,7 @@ def format_split_report(result: dict) -> str:
     )
     if result["left"]:
         lines.append(f"{len(result['left'])} non-image file(s) left where they were, e.g. {result['left'][0]}")
+    copies = copies_warning(Path(result["root"]), result.get("originals", []))
+    if copies:
+        lines.append(f"note: the originals were copied, not moved (--move moves them): {copies}")
     return "\n".join(lines)

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from edgecls.atomic import atomic_savefig
+from edgecls.data.checks import copies_beside, copies_warning
 from edgecls.data.layout import class_folders, walk_paths
 from edgecls.data.tools import detect_layout
 from edgecls.errors import UserError
 
 
 def dataset_stats(root: str | os.PathLike) -> dict:
-    """{"root", "layout", "splits", "classes", "counts": {split: {class: n}}, "totals", "imbalance"}."""
+    """{"root", "layout", "splits", "classes", "counts": {split: {class: n}}, "totals", "imbalance", "warnings"}."""
     layout = detect_layout(root)
     classes = sorted({c for folder in layout.splits.values() for c in class_folders(folder)})
     counts = {
@@ -31,7 +32,16 @@ def dataset_stats(root: str | os.PathLike) -> dict:
         "totals": totals,
         "total": sum(totals.values()),
         "imbalance": round(max(nonzero) / min(nonzero), 3) if nonzero else None,
+        "warnings": _copies(layout),
     }
+
+
+def _copies(layout) -> list[str]:
+    """The class folders beside train/ (a second copy of the data, e.g. a copy-mode split's originals)."""
+    if layout.kind != "splits":
+        return []
+    message = copies_warning(layout.root, copies_beside(layout.root, class_folders(layout.root / "train")))
+    return [message] if message else []
 
 
 def refuse_existing(outputs: dict[str, Path | None], force: bool = False) -> None:
@@ -93,4 +103,5 @@ def format_stats(stats: dict) -> str:
             f"{len(stats['classes'])} classes, {stats['total']} images; "
             f"largest/smallest class in {splits[0]}: {stats['imbalance']:g}"
         )
+    lines += [f"warning: {message}" for message in stats.get("warnings", [])]
     return "\n".join(lines)

@@ -4,7 +4,7 @@ Per file: zero-byte, unsupported extension, corrupt (does not decode) and tiny (
 below `min_size`). Across files: duplicates by content hash (sha1 of the bytes, optionally
 of the decoded pixels); each copy but the kept one is a label conflict when its class differs
 from the kept file's, else leakage when its split differs, else a duplicate. Per dataset:
-class counts, imbalance and image sizes.
+class counts, imbalance and image sizes, and everything train.py refuses (its own rules, edgecls.data.checks).
 Decoding reuses `edgecls.data.verify.verify_files` (parallel over cores, cached); hashing and
 size reading run in the same kind of process pool. `--quarantine` moves flagged files out of
 the dataset, keeping their relative path; nothing is ever deleted or overwritten.
@@ -24,6 +24,14 @@ from pathlib import Path
 from PIL import Image
 
 from edgecls.atomic import atomic_write_text
+from edgecls.data.checks import (
+    Findings,
+    copies_beside,
+    copies_warning,
+    count_findings,
+    layout_findings,
+    loose_images,
+)
 from edgecls.data.images import IMAGE_EXTENSIONS, has_image_extension, load_rgb_bytes
 from edgecls.data.layout import class_folders, is_hidden, walk_paths
 from edgecls.data.tools import Layout, detect_layout, free_path, is_inside, move_file
@@ -99,6 +107,16 @@ def _collect(layout: Layout) -> tuple[list[dict], list[dict], dict[str, list[str
     """Every visible file of every class folder as {path, rel, split, class}; stray files apart."""
     files, stray = [], []
     classes: dict[str, list[str]] = {}
+    for path in loose_images(layout.root, splits=()):
+        stray.append(
+            {
+                "path": path,
+                "split": None,
+                "class": None,
+                "kind": "stray",
+                "reason": "image outside any class folder (ignored by training)",
+            }
+        )
     for split, folder in layout.splits.items():
         classes[split] = class_folders(folder)
         if layout.kind == "splits":
@@ -135,8 +153,11 @@ def verify_dataset(
     described = describe_files([f["path"] for f in files], pixel_hash=pixel_hash, workers=workers, use_cache=use_cache)
 
     good: list[dict] = []
+    readable = {split: {cls: 0 for cls in names} for split, names in classes.items()}  # what training would use
     for f, (digest, width, height, fmt) in zip(files, described):
         reason = verdicts[f["path"]]
+        if reason is None and has_image_extension(f["path"]):
+            readable[f["split"]][f["class"]] += 1
         kind = None
         if reason == "zero-byte file":
             kind = "zero-byte"
@@ -177,6 +198,7 @@ def verify_dataset(
         if f["path"] not in redundant:
             counts[f["split"]][f["class"]] += 1
 
+    findings = training_findings(layout, classes, readable)
     return {
         "root": str(layout.root),
         "layout": layout.kind,
@@ -185,6 +207,8 @@ def verify_dataset(
         "min_size": min_size,
         "hash": "pixels" if pixel_hash else "bytes",
         "counts": counts,
+        "dataset_problems": findings.refusals,
+        "warnings": findings.warnings,
         "class_problems": class_problems(classes, counts, layout.kind),
         "imbalance": imbalance(counts),
         "sizes": size_stats([f for f in good if f["path"] not in redundant]),
@@ -193,6 +217,24 @@ def verify_dataset(
         "summary": dict(Counter(p["kind"] for p in problems)),
         "quarantined": [],
     }
+
+
+def training_findings(layout: Layout, classes: dict[str, list[str]], readable: dict) -> Findings:
+    """train.py's own rules (edgecls.data.checks) on this folder: refusals become problems, plus warnings about
+    class folders beside train/ (a second copy of the data). A classes layout is judged as the train/ it becomes."""
+    root = layout.root
+    if layout.kind == "classes":
+        found = layout_findings(root, classes["all"], {})
+        found.warnings.append(f"{root}: train.py reads DATASET/train/ and val/; split first: edgecls data split {root}")
+        return found
+    train = classes.get("train", [])
+    found = layout_findings(root, train, {s: names for s, names in classes.items() if s != "train"})
+    if train:
+        counted = count_findings(root, train, {s: [row.get(c, 0) for c in train] for s, row in readable.items()})
+        found.refusals += counted.refusals
+    copies = copies_warning(root, copies_beside(root, train))
+    found.warnings += [copies] if copies else []
+    return found
 
 
 def copy_kind(copy: dict, kept: dict) -> str:
@@ -234,9 +276,6 @@ def class_problems(classes: dict[str, list[str]], counts: dict, kind: str) -> li
     notes = []
     reference = classes.get("train" if kind == "splits" else "all", [])
     for split, names in classes.items():
-        unknown = [c for c in names if c not in reference]
-        if unknown:
-            notes.append(f"{split}/: class folder(s) {unknown} are not in train/ (training refuses them)")
         missing = [c for c in reference if c not in names]
         if missing:
             notes.append(f"{split}/: no folder for class(es) {missing}")
@@ -322,10 +361,14 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
 
 def format_report(report: dict, limit: int = 20) -> str:
     """Human-readable report: problems by kind (first `limit` of each), counts, imbalance, sizes."""
+    dataset = report["dataset_problems"]
     lines = [
         f"verified {report['files']} files in {report['root']} ({report['layout']} layout): "
-        f"{report['good']} usable, {len(report['problems'])} problem(s)"
+        f"{report['good']} usable, {len(report['problems']) + len(dataset)} problem(s)"
     ]
+    if dataset:
+        lines.append(f"\ntrain.py refuses this dataset ({len(dataset)}):")
+        lines += [f"  {message}" for message in dataset]
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for p in report["problems"]:
         by_kind[p["kind"]].append(p)
@@ -361,6 +404,7 @@ def format_report(report: dict, limit: int = 20) -> str:
             f"height {h['min']}..{h['max']} (median {h['median']}); {sizes['distinct_sizes']} distinct; "
             f"most common {common}"
         )
+    lines += [f"warning: {message}" for message in report["warnings"]]
     if report["quarantined"]:
         lines.append(f"quarantined {len(report['quarantined'])} file(s), e.g. {report['quarantined'][0]['to']}")
     return "\n".join(lines)

@@ -16,12 +16,14 @@ async function loadModelInfo() {
     const info = await response.json();
     if (!info.success) throw new Error(info.error);
     const [h, w] = info.input_size;
-    $("model-info").textContent =
-      `${info.backbone || info.kind} · ${info.num_classes} classes · input ${h}x${w} · ${info.preprocess.preset} preprocessing`;
+    $("model-file").textContent = info.path;
+    $("model-precision").textContent = (info.precision || "").toUpperCase();
+    $("model-details").textContent =
+      ` · ${info.backbone || info.kind} · ${info.num_classes} classes · input ${h}x${w} · ${info.preprocess.preset} preprocessing`;
     $("topk").max = info.num_classes;
     $("topk").value = Math.min(info.limits.default_topk, info.num_classes);
   } catch (err) {
-    $("model-info").textContent = `could not read /model: ${err.message}`;
+    $("model-details").textContent = `could not read /model: ${err.message}`;
   }
 }
 
@@ -55,7 +57,7 @@ async function classify(file) {
   showError("");
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
-  $("preview").src = previewUrl;
+  $("preview").src = previewUrl;  // drawn in sharp pixels when small (see #preview.small)
   $("file-name").textContent = file.name;
   $("output").hidden = false;
   $("results").replaceChildren();
@@ -77,12 +79,17 @@ async function classify(file) {
     $("status").textContent = `${best.label} (${(best.probability * 100).toFixed(1)}%)`;
   } catch (err) {
     $("status").textContent = "";
+    $("output").hidden = true;  // no broken preview beside the error
     showError(err.message);
   }
 }
 
 function setup() {
   const zone = $("drop-zone");
+  $("preview").addEventListener("load", (event) => {
+    const img = event.target;
+    img.classList.toggle("small", Math.max(img.naturalWidth, img.naturalHeight) < 128);
+  });
   $("file-input").addEventListener("change", (event) => {
     const [file] = event.target.files;
     if (file) classify(file);
