@@ -28,6 +28,8 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then   # apt-get install dataset-fa
 else
     echo "skipping the 70,000-image benchmarks: apt-get install dataset-fashion-mnist"
 fi
+# Issue 19: train.py idle and beside a busy process, old threading vs the thread budget.
+run "$PY" benchmarks/thread_budget.py --json "$OUT/thread_budget.json"
 # Issue 3: inference.py's full path vs the bare forward.
 run "$PY" benchmarks/inference_speed.py --json "$OUT/inference_speed.json"
 # Issue 6: 64 concurrent clients for 60 s vs the bare Predictor.

@@ -74,8 +74,12 @@ def _sniff_kind(path: Path) -> str:
     return "torch" if head[:2] == b"PK" or head[:1] == b"\x80" else "onnx"
 
 
-def predictor_for(settings) -> Predictor:
-    """load_predictor from a command's settings (inference's and eval's share these field names)."""
+def predictor_for(settings, log=None) -> Predictor:
+    """load_predictor from a command's settings (inference's and eval's share these field names), on the
+    process's thread budget (edgecls.threads: their `threads`, 0 or None: auto), logged once through `log`."""
+    from edgecls.threads import configure
+
+    budget = configure(getattr(settings, "threads", None) or 0, log=log)
     return load_predictor(
         snapshot=settings.snapshot,
         onnx=settings.onnx,
@@ -86,7 +90,7 @@ def predictor_for(settings) -> Predictor:
         preset=settings.preprocess,
         resize=settings.resize,
         gpu=settings.gpu,
-        threads=getattr(settings, "threads", None),
+        threads=budget.intra or None,
     )
 
 

@@ -91,6 +91,9 @@ class EvalCommand:
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=COMMON, parse=int)
     batch_size: int = setting(32, "images per forward pass", group=COMMON, parse=int)
     workers: int | None = setting(None, "decode threads (default: min(4, CPU count))", group=COMMON, parse=int)
+    threads: int = setting(
+        0, "model compute threads; 0: auto (the free cores, or OMP_NUM_THREADS)", group=COMMON, parse=int, at_least=0
+    )
     progress: bool = setting(
         True,
         "hide the progress bar (shown only when stderr is a terminal)",
@@ -154,7 +157,7 @@ def run_mode(s: EvalCommand) -> dict:
         for path in result["problems"]["missing_ground_truth"][: evaluation.LIST_LIMIT]:
             warn(f"no ground truth for predicted image {path}")
         return result
-    predictor = predictor_for(s)
+    predictor = predictor_for(s, log=print)
     return evaluation.run_dataset_mode(predictor, s.data_dir, s.split, s.batch_size, s.workers, s.progress)
 
 

@@ -28,10 +28,12 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     from edgecls.export.pipeline import run_export
+    from edgecls.threads import configure
 
     values, _ = parse_command_line(ExportOptions, build_parser(), argv)
     opts = ExportOptions(**values)
     opts.check()
+    configure(log=print)  # the process's thread budget (edgecls/threads.py), for the verification forwards
     result = run_export(opts)
     print(result.summary())
     return 0 if result.ok else 1

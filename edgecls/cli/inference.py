@@ -104,7 +104,9 @@ class InferenceCommand:
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=HARDWARE, parse=int)
     batch_size: int = setting(32, "images per forward pass", group=HARDWARE, parse=int, at_least=1)
     workers: int | None = setting(None, "decode threads (default: min(4, CPU count))", group=HARDWARE, parse=int)
-    threads: int | None = setting(None, "model compute threads (default: the library's)", group=HARDWARE, parse=int)
+    threads: int = setting(
+        0, "model compute threads; 0: auto (the free cores, or OMP_NUM_THREADS)", group=HARDWARE, parse=int, at_least=0
+    )
 
 
 FLAGS = flag_names(InferenceCommand)
@@ -128,7 +130,7 @@ def parse(argv: list[str] | None) -> InferenceCommand:
 def load(s: InferenceCommand):
     from edgecls.predict import predictor_for
 
-    return predictor_for(s)
+    return predictor_for(s, log=print)
 
 
 def print_single(record: dict, out=sys.stdout) -> None:

@@ -33,9 +33,10 @@ class ServeCommand:
     )
     model_def_path: str | None = setting("./models/", "folder of user model definitions (plugins)", group=MODEL)
     gpu: str = setting("-1", "CUDA device index, or -1 for the CPU", group=MODEL)
-    threads: int | None = setting(
-        None, "intra-op threads of the model (default: the runtime's choice)", group=MODEL, parse=int
-    )
+    threads: int = setting(
+        0, "intra-op threads of the model; 0: auto (the free cores, or OMP_NUM_THREADS)", group=MODEL, parse=int,
+        at_least=0,
+    )  # fmt: skip
     # ---- network
     host: str = setting("127.0.0.1", "address to listen on; 0.0.0.0 exposes the server to the whole network", group=NET)
     port: int = setting(5000, "TCP port; 0 picks a free one (printed at start)", group=NET, parse=int)
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgecls.predict import Predictor
     from edgecls.serve import ServeSettings, create_app
     from edgecls.serve.server import bind_socket, run_server
+    from edgecls.threads import configure
+
+    budget = configure(s.threads, log=print)
 
     class_names = None
     if s.class_id_path:
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         backbone=s.backbone,
         model_def_path=s.model_def_path,
         class_names=class_names,
-        num_threads=s.threads,
+        num_threads=budget.intra or None,
     )
     settings = ServeSettings(
         max_upload_bytes=int(s.max_upload_mb * 1024 * 1024),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -203,7 +204,10 @@ class Loaders:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers: Python's and numpy's RNGs follow the worker's torch seed (TrainTransform uses them)."""
+    """DataLoader workers: Python's and numpy's RNGs follow the worker's torch seed (TrainTransform uses them).
+    Ctrl-C reaches the whole process group: it is the main process's to handle (it stops the workers), so a
+    worker ignores it rather than printing a KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -131,8 +131,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, topk=5, amp=False, channels_last=False) -> EvalSums:
-    """Sums over the loader: cross-entropy, top-1 and top-K hits, image count."""
+def evaluate(model, loader, device, *, topk=5, amp=False, channels_last=False, should_stop=None) -> EvalSums:
+    """Sums over the loader: cross-entropy, top-1 and top-K hits, image count. should_stop(): checked between
+    batches; True ends the pass early (an interrupt; the partial sums are not for reporting)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.int64, device=device)
@@ -151,4 +152,6 @@ def evaluate(model, loader, device, *, topk=5, amp=False, channels_last=False) -
         top1 += (pred[:, 0] == labels).sum()
         topk_hits += (pred == labels[:, None]).any(1).sum()
         count += labels.shape[0]
+        if should_stop is not None and should_stop():
+            break
     return EvalSums(loss_sum.item(), int(top1.item()), int(topk_hits.item()), count)

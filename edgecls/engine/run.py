@@ -117,7 +117,9 @@ class Run:
         self._log = log or (lambda message: print(message, flush=True))
         self.start_epoch = 0
         self.epochs_run = 0
+        self.saved_epochs = 0  # epochs the run folder's last.pth holds
         self.stop_reason: str | None = None
+        self.interrupted = False  # Ctrl-C (edgecls.engine.interrupt): the epoch in progress ends after its step
         self.monitor = EarlyStopping(patience=cfg.patience)
         self.ema: ModelEma | None = None
         self.sources: dict = {}
@@ -306,7 +308,7 @@ class Run:
             self.ema.load_state_dict(state["ema"])
         self.monitor.load_state_dict(state["early_stopping"])
         set_rng_state(state["rng"])
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = self.saved_epochs = state["epoch"] + 1
         self.recorder.resume_history(self.start_epoch)  # summary rows are 1-based
         self.log(f"resuming {self.recorder.run_dir} at epoch {self.start_epoch + 1}/{self.cfg.epochs}")
 
@@ -364,8 +366,10 @@ class Run:
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}", show_progress=sys.stderr.isatty() and self.is_main,
             time_first_step=first, mixer=self.mixer,
             after_step=(lambda: self.ema.update(self.model)) if self.ema is not None else None,
-            keep_eval=self._frozen_batchnorms(self.model),
+            should_stop=self._should_stop, keep_eval=self._frozen_batchnorms(self.model),
         )  # fmt: skip
+        if self.interrupted:
+            return {}  # a part of an epoch: the loop records nothing of it
         if first:
             self.recorder.update_timings(
                 {"first_epoch_s": round(stats.seconds, 3), "first_step_s": round(stats.first_step_seconds, 3),
@@ -404,8 +408,11 @@ class Run:
 
     def _evaluate(self, model: nn.Module) -> dict:
         sums = evaluate(
-            model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last
-        )
+            model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last,
+            should_stop=self._should_stop,
+        )  # fmt: skip
+        if self.interrupted:
+            return {"loss": float("nan"), "top1": float("nan"), "topk": float("nan")}  # not recorded
         loss, top1, topk, count = dist_utils.all_reduce_sum(
             [sums.loss, float(sums.top1), float(sums.topk), float(sums.count)], self.ctx
         )
@@ -445,6 +452,14 @@ class Run:
             best = self.checkpoint(saved, metrics["weights"]) if metrics["is_best"] else None
             last = self.checkpoint(saved, "raw")
             self.recorder.record_epoch(row, last, self.train_state(epoch), best)
+        self.saved_epochs = epoch + 1
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the epoch in progress after its current step; fit() then records nothing of it."""
+        self.interrupted = True
+
+    def _should_stop(self) -> bool:
+        return self.interrupted
 
     def stop(self, reason: str) -> None:
         """End the run after the current epoch (callbacks call this)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgecls.engine.callbacks import Callback, CallbackList, default_callbacks
 from edgecls.engine.config import TrainConfig
+from edgecls.engine.interrupt import interrupted
 from edgecls.engine.resume import resumed_config
 from edgecls.engine.run import Run, RunResult
 
@@ -37,7 +38,11 @@ def train(run: Run, callbacks: list[Callback] = ()) -> RunResult:
     run.log(run.describe())
     hooks.on_train_start(run)
     for epoch in range(run.start_epoch, run.cfg.epochs):
-        metrics = {**run.train_epoch(epoch), **run.validate()}
+        metrics = run.train_epoch(epoch) if not run.interrupted else {}
+        metrics.update(run.validate() if not run.interrupted else {})
+        if run.interrupted:  # Ctrl-C: last.pth keeps the last complete epoch
+            run.close()
+            raise interrupted(run)
         run.end_epoch(epoch, metrics)
         hooks.on_epoch_end(run, metrics)
         if run.stop_reason is not None:
