@@ -344,7 +344,8 @@ class Run:
         frozen = bool(self.cfg.freeze_backbone)
         apply_freezing(self.model, self.stages, trainable, frozen)
         shown = 1 if frozen else trainable
-        if shown != self._trainable and len(self.stages) > 1:
+        first_and_all = self._trainable == -1 and shown == len(self.stages)  # a plain run: nothing to say
+        if shown != self._trainable and len(self.stages) > 1 and not first_and_all:
             what = "the head only" if shown == 1 else (
                 "every stage" if shown == len(self.stages) else f"the top {shown} of {len(self.stages)} stages"
             )  # fmt: skip
