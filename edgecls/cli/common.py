@@ -54,3 +54,30 @@ def _stdout_closed() -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def threads_setting(group: str, workers: str = "", note: str = ""):
+    """The `threads` setting of every command that runs a model (one text, one rule: edgecls.threads)."""
+    from edgecls.settings import setting
+
+    return setting(
+        0,
+        "CPU threads for the model (torch intra-op); 0: auto, the cores this process may use less those other "
+        f"processes are busy with{workers}, or OMP_NUM_THREADS when set{note}",
+        group=group,
+        parse=int,
+        at_least=0,
+    )
+
+
+def progress_setting(group: str):
+    """The `progress` setting (`--no-progress`) of the commands that work through many images."""
+    from edgecls.settings import NEGATED, setting
+
+    return setting(
+        True,
+        "hide the progress bar (shown only when stderr is a terminal)",
+        group=group,
+        kind=NEGATED,
+        flags=("--no-progress",),
+    )

@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from edgecls.cli.common import run_cli
+from edgecls.cli.common import progress_setting, run_cli, threads_setting
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
 from edgecls.settings import (
-    NEGATED,
     build_parser,
     check,
     flag_names,
@@ -91,16 +90,8 @@ class EvalCommand:
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=COMMON, parse=int)
     batch_size: int = setting(32, "images per forward pass", group=COMMON, parse=int)
     workers: int | None = setting(None, "decode threads (default: min(4, CPU count))", group=COMMON, parse=int)
-    threads: int = setting(
-        0, "model compute threads; 0: auto (the free cores, or OMP_NUM_THREADS)", group=COMMON, parse=int, at_least=0
-    )
-    progress: bool = setting(
-        True,
-        "hide the progress bar (shown only when stderr is a terminal)",
-        group=COMMON,
-        kind=NEGATED,
-        flags=("--no-progress",),
-    )
+    threads: int = threads_setting(COMMON)
+    progress: bool = progress_setting(COMMON)
 
     @property
     def end_to_end(self) -> bool:

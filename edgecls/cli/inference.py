@@ -14,11 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.cli.common import run_cli
+from edgecls.cli.common import progress_setting, run_cli, threads_setting
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
 from edgecls.settings import (
-    NEGATED,
     SWITCH,
     build_parser,
     check,
@@ -70,13 +69,7 @@ class InferenceCommand:
         group=IO,
         kind=SWITCH,
     )
-    progress: bool = setting(
-        True,
-        "hide the progress bar (shown only when stderr is a terminal)",
-        group=IO,
-        kind=NEGATED,
-        flags=("--no-progress",),
-    )
+    progress: bool = progress_setting(IO)
     # ---- model
     snapshot: str | None = setting(
         None, "edgecls checkpoint, or a bare state_dict with --backbone", group=MODEL, metavar="PTH"
@@ -104,9 +97,7 @@ class InferenceCommand:
     gpu: int = setting(-1, "CUDA device index; -1 for the CPU", group=HARDWARE, parse=int)
     batch_size: int = setting(32, "images per forward pass", group=HARDWARE, parse=int, at_least=1)
     workers: int | None = setting(None, "decode threads (default: min(4, CPU count))", group=HARDWARE, parse=int)
-    threads: int = setting(
-        0, "model compute threads; 0: auto (the free cores, or OMP_NUM_THREADS)", group=HARDWARE, parse=int, at_least=0
-    )
+    threads: int = threads_setting(HARDWARE)
 
 
 FLAGS = flag_names(InferenceCommand)

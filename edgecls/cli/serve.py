@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from edgecls.cli.common import run_cli
+from edgecls.cli.common import run_cli, threads_setting
 from edgecls.data.images import MAX_PIXELS
 from edgecls.errors import UserError
 from edgecls.settings import SWITCH, build_parser, check, flag_names, parse_command_line, setting
@@ -33,10 +33,7 @@ class ServeCommand:
     )
     model_def_path: str | None = setting("./models/", "folder of user model definitions (plugins)", group=MODEL)
     gpu: str = setting("-1", "CUDA device index, or -1 for the CPU", group=MODEL)
-    threads: int = setting(
-        0, "intra-op threads of the model; 0: auto (the free cores, or OMP_NUM_THREADS)", group=MODEL, parse=int,
-        at_least=0,
-    )  # fmt: skip
+    threads: int = threads_setting(MODEL)
     # ---- network
     host: str = setting("127.0.0.1", "address to listen on; 0.0.0.0 exposes the server to the whole network", group=NET)
     port: int = setting(5000, "TCP port; 0 picks a free one (printed at start)", group=NET, parse=int)

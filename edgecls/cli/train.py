@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.cli.common import run_cli
+from edgecls.cli.common import run_cli, threads_setting
 from edgecls.engine.config import HARDWARE, STOP, TrainConfig
 from edgecls.engine.recipes import RECIPE_FIELDS, defaults_text
 from edgecls.settings import build_parser, flag_names, parse_command_line, setting
@@ -25,14 +25,10 @@ class TrainCommand(TrainConfig):
     resume: str | None = setting(
         None, "continue a run folder (its last.pth) or a last.pth file", group=STOP, metavar="RUN_OR_CKPT"
     )
-    threads: int = setting(
-        0,
-        "CPU threads for the model (torch intra-op); 0: auto, the cores this process may use less those other "
-        "processes are busy with (and the DataLoader workers when they decode every epoch), or OMP_NUM_THREADS "
-        "when set. Logged at the start; may change on --resume",
-        group=HARDWARE,
-        parse=int,
-        at_least=0,
+    threads: int = threads_setting(
+        HARDWARE,
+        workers=" (and the DataLoader workers when they decode every epoch)",
+        note=". Logged at the start; may change on --resume",
     )
 
 
