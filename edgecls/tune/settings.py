@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edgecls.engine.config import HARDWARE, TrainConfig
-from edgecls.settings import NEGATED, SWITCH, setting
+from edgecls.engine.config import HARDWARE, STOP, TrainConfig
+from edgecls.settings import NEGATED, SWITCH, TOGGLE, setting
 
 SEARCH = "search"
 METRICS = {"val_top1": "maximize", "val_loss": "minimize"}
@@ -31,6 +31,13 @@ class TuneConfig(TrainConfig):
     snapshot_path: str | None = setting(None, "each trial trains in STUDY_DIR/trials/<number>/", cli=False)
     exist_ok: bool = setting(False, "", cli=False)
     seed: int = setting(0, "random seed of the sampler and of every trial's training", group=HARDWARE, parse=int)
+    final_eval: bool = setting(
+        False,
+        "run train.py's end-of-training evaluation (figures, per-image predictions) in every trial; off by default: "
+        "trials are compared on their validation metric, and the figures would cost each trial time",
+        group=STOP,
+        kind=TOGGLE,
+    )
     # ---- the search
     trials: int | None = setting(
         None, "finished trials the study ends with (a continued study counts its earlier ones)", group=SEARCH,
