@@ -60,20 +60,27 @@ def summary_epochs(run_dir) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
-def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resume_command(digits, tmp_path):
-    run_dir = tmp_path / "run"
-    proc, lines = start_training(digits, run_dir)
+def interrupt(proc, lines, twice: bool = False) -> tuple[float, str]:
+    """Ctrl-C (SIGINT to the whole foreground process group) once epoch 1 runs; (seconds to exit, stderr)."""
     try:
         wait_for(lambda: any(line.startswith("epoch 1/30") for line in lines), proc)
-        assert any(line.startswith("threads: ") for line in lines), lines  # the budget, logged once
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        os.killpg(proc.pid, signal.SIGINT)
+        if twice:
+            time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGINT)  # before the first has ended the epoch, on most runs
         sent = time.monotonic()
         proc.wait(timeout=60)  # stdout is the reader thread's; stderr holds a few lines at most
-        took = time.monotonic() - sent
-        err = proc.stderr.read()
+        return time.monotonic() - sent, proc.stderr.read()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resume_command(digits, tmp_path):
+    run_dir = tmp_path / "run"
+    proc, lines = start_training(digits, run_dir)
+    took, err = interrupt(proc, lines)
+    assert any(line.startswith("threads: ") for line in lines), lines  # the budget, logged once
     assert took < 10, f"train.py took {took:.1f} s to stop after Ctrl-C"
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]  # neither main nor workers
@@ -94,18 +101,7 @@ def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resum
 def test_a_second_ctrl_c_quits_at_once_with_the_same_hint(digits, tmp_path):
     run_dir = tmp_path / "run"
     proc, lines = start_training(digits, run_dir)
-    try:
-        wait_for(lambda: any(line.startswith("epoch 1/30") for line in lines), proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)  # before the first has ended the epoch, on most runs
-        sent = time.monotonic()
-        proc.wait(timeout=60)  # stdout is the reader thread's; stderr holds a few lines at most
-        took = time.monotonic() - sent
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    took, err = interrupt(proc, lines, twice=True)
     assert took < 10 and proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     hint = f"python train.py {shlex.quote(str(digits))} --resume {shlex.quote(str(run_dir))}"
