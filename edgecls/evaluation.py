@@ -599,12 +599,9 @@ def results_payload(result: dict, report: dict) -> dict:
 
 def default_save_dir(root: str | Path = Path("runs") / "eval") -> Path:
     """A new folder runs/eval/<date-time> (like training's snapshots/<date-time>); -2, -3 ... when taken."""
-    base = Path(root) / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    from edgecls.classify import claim_run_folder  # the one exclusive-mkdir rule, shared with inference
+
+    return claim_run_folder(_dt.datetime.now().strftime("%Y%m%d-%H%M%S"), base=root)
 
 
 def write_outputs(
