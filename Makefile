@@ -34,7 +34,7 @@ demo: venv
 	PYTHON=$(BIN)/python bash scripts/demo.sh
 
 test: venv-dev
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 lint: venv-dev
 	$(BIN)/ruff check .

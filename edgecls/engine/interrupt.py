@@ -9,11 +9,14 @@ is not recorded (last.pth, written whole at each epoch's end, keeps the last com
 TrainingInterrupted. A second SIGINT ends it at once (`quit`, or the exception raised in the handler). Before
 training starts (scan, cache fill) and once its last epoch is recorded, a SIGINT is Python's KeyboardInterrupt,
 as without the handler. train.py installs it; `fit` alone does not (tune and library callers keep the plain
-KeyboardInterrupt), nor does a torchrun rank (ranks must stop at the same step).
+KeyboardInterrupt), nor does a torchrun rank (ranks must stop at the same step). A terminal's Ctrl-C reaches
+the DataLoader workers too; forked from the main process, they inherit the handler, which ignores it there: the
+main process decides when the step ends and shuts them down.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -44,11 +47,13 @@ class StopOnCtrlC(Callback):
         since an exception raised there may land in C code that swallows it. None: raise it."""
         self.run = None
         self.previous = None
+        self.pid = os.getpid()
         self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
         self.quit = quit
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self.pid = os.getpid()
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -61,6 +66,8 @@ class StopOnCtrlC(Callback):
         self.run = None if run.ctx.enabled else run
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked DataLoader worker: it serves the step in progress until the main process stops it
         run = self.run
         if run is None or run.stop_reason is not None or run.start_epoch + run.epochs_run >= run.cfg.epochs:
             # not training yet (scan, cache fill), or done (the final table): KeyboardInterrupt, as usual
