@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The Ctrl-C tests send SIGINT to child processes, which must start with its default action, as a terminal's
+# foreground job does. A runner that starts pytest with SIGINT ignored (a background job of a script, some CI
+# runners) would pass that on to every child, and Python then leaves Ctrl-C ignored; Python's own handler here
+# is reset to the default action at each exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,16 +30,13 @@ def digits(digits_dir, tmp_path_factory):
     return copy_digits(digits_dir, tmp_path_factory.mktemp("ctrl_c") / "data", "0123456789", 40, 10)
 
 
-def start_training(digits_dir, run_dir, sigint_ignored: bool = False) -> tuple[subprocess.Popen, list[str], list[str]]:
+def start_training(digits_dir, run_dir) -> tuple[subprocess.Popen, list[str], list[str]]:
     """train.py in its own process group; its stdout and stderr lines are collected as they come (a reader
-    thread each: no pipe fills, and no read waits on a process that holds the pipe open). sigint_ignored: start
-    it with SIGINT ignored, as a shell's background job or a CI runner does (Python then installs no handler of
-    its own)."""
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    thread each: no pipe fills, and no read waits on a process that holds the pipe open)."""
     proc = subprocess.Popen(
         [sys.executable, "train.py", str(digits_dir), *ARGS, "--snapshot-path", str(run_dir)],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=ignore,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     out: list[str] = []
     err: list[str] = []
@@ -102,10 +99,9 @@ def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resum
 
 
 def test_a_second_ctrl_c_quits_at_once_with_the_same_hint(digits, tmp_path):
-    """Started with SIGINT ignored (a CI runner's or a background job's train.py): the handler still works, and
-    the DataLoader workers it was forked into neither stop the run nor print a second hint."""
+    """The DataLoader workers, forked with the handler, neither stop the run nor print a second hint."""
     run_dir = tmp_path / "run"
-    proc, out, err = start_training(digits, run_dir, sigint_ignored=True)
+    proc, out, err = start_training(digits, run_dir)
     took, err = interrupt(proc, out, err, twice=True)
     assert took < 10 and proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
@@ -123,3 +119,20 @@ def test_an_interrupt_before_any_epoch_finished_says_there_is_nothing_to_resume(
     assert "no epoch finished" in text and "--resume" not in text
     text = interrupted_text(TrainingInterrupted(tmp_path, 3, 30, "my data"))
     assert "holds epoch 3 of 30" in text and text.endswith(f"'my data' --resume {tmp_path}")
+
+
+def test_a_process_started_with_ctrl_c_ignored_keeps_it_ignored():
+    """A script's background job (or nohup) starts with SIGINT ignored, so that the terminal's Ctrl-C leaves it
+    alone; the handler keeps it so, as Python does."""
+    from edgecls.engine.interrupt import StopOnCtrlC
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopOnCtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopOnCtrlC() as stopper:
+            assert signal.getsignal(signal.SIGINT) == stopper._handle
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

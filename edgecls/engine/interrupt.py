@@ -11,7 +11,8 @@ training starts (scan, cache fill) and once its last epoch is recorded, a SIGINT
 as without the handler. train.py installs it; `fit` alone does not (tune and library callers keep the plain
 KeyboardInterrupt), nor does a torchrun rank (ranks must stop at the same step). A terminal's Ctrl-C reaches
 the DataLoader workers too; forked from the main process, they inherit the handler, which ignores it there: the
-main process decides when the step ends and shuts them down.
+main process decides when the step ends and shuts them down. A process started with SIGINT ignored (a script's
+background job, nohup) keeps it ignored, as Python itself does.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class StopOnCtrlC(Callback):
         self.quit = quit
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.pid = os.getpid()
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
