@@ -18,6 +18,8 @@ from conftest import REPO, copy_digits, run_cmd
 
 from edgecls.engine.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.timeout(300)  # each takes about 25 s; a hang fails in minutes, with every thread's stack
+
 # Long enough to be interrupted mid-run: 30 epochs of 400 real digit images, decoded by 2 DataLoader worker
 # processes every epoch (no cache), so the workers are alive when the signal comes.
 ARGS = ["--backbone", "FP_classifier", "--input-size", "32", "--epochs", "30", "--batch-size", "16", "--workers",
