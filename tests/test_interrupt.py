@@ -32,7 +32,7 @@ def digits(digits_dir, tmp_path_factory):
     return copy_digits(digits_dir, tmp_path_factory.mktemp("ctrl_c") / "data", "0123456789", 40, 10)
 
 
-def start_training(digits_dir, run_dir) -> tuple[subprocess.Popen, list[str], list[str]]:
+def start_training(digits_dir, run_dir) -> tuple[subprocess.Popen, list[str], list[str], list[threading.Thread]]:
     """train.py in its own process group; its stdout and stderr lines are collected as they come (a reader
     thread each: no pipe fills, and no read waits on a process that holds the pipe open)."""
     proc = subprocess.Popen(
@@ -42,9 +42,13 @@ def start_training(digits_dir, run_dir) -> tuple[subprocess.Popen, list[str], li
     )  # fmt: skip
     out: list[str] = []
     err: list[str] = []
-    for stream, lines in ((proc.stdout, out), (proc.stderr, err)):
-        threading.Thread(target=lambda stream=stream, lines=lines: lines.extend(stream), daemon=True).start()
-    return proc, out, err
+    readers = [
+        threading.Thread(target=lambda stream=stream, lines=lines: lines.extend(stream), daemon=True)
+        for stream, lines in ((proc.stdout, out), (proc.stderr, err))
+    ]
+    for reader in readers:
+        reader.start()
+    return proc, out, err, readers
 
 
 def wait_for(condition, proc, err, seconds: float = 300) -> None:
@@ -60,7 +64,7 @@ def summary_epochs(run_dir) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
-def interrupt(proc, out, err, twice: bool = False) -> tuple[float, str]:
+def interrupt(proc, out, err, readers, twice: bool = False) -> tuple[float, str]:
     """Ctrl-C (SIGINT to the whole foreground process group) once epoch 1 runs; (seconds to exit, stderr)."""
     try:
         wait_for(lambda: any(line.startswith("epoch 1/30") for line in out), proc, err)
@@ -71,7 +75,8 @@ def interrupt(proc, out, err, twice: bool = False) -> tuple[float, str]:
         sent = time.monotonic()
         proc.wait(timeout=60)
         took = time.monotonic() - sent
-        time.sleep(0.5)  # the reader thread's last lines
+        for reader in readers:  # to the end of both pipes (bounded: a worker still holding one is not waited on)
+            reader.join(timeout=30)
         return took, "".join(err)
     finally:
         if proc.poll() is None:
@@ -80,8 +85,8 @@ def interrupt(proc, out, err, twice: bool = False) -> tuple[float, str]:
 
 def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resume_command(digits, tmp_path):
     run_dir = tmp_path / "run"
-    proc, out, err = start_training(digits, run_dir)
-    took, err = interrupt(proc, out, err)
+    proc, out, err, readers = start_training(digits, run_dir)
+    took, err = interrupt(proc, out, err, readers)
     assert any(line.startswith("threads: ") for line in out), out  # the budget, logged once
     assert took < 10, f"train.py took {took:.1f} s to stop after Ctrl-C"
     assert proc.returncode == 130, err[-3000:]
@@ -103,8 +108,8 @@ def test_ctrl_c_stops_within_seconds_keeps_last_epoch_and_prints_a_working_resum
 def test_a_second_ctrl_c_quits_at_once_with_the_same_hint(digits, tmp_path):
     """The DataLoader workers, forked with the handler, neither stop the run nor print a second hint."""
     run_dir = tmp_path / "run"
-    proc, out, err = start_training(digits, run_dir)
-    took, err = interrupt(proc, out, err, twice=True)
+    proc, out, err, readers = start_training(digits, run_dir)
+    took, err = interrupt(proc, out, err, readers, twice=True)
     assert took < 10 and proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     hint = f"python train.py {shlex.quote(str(digits))} --resume {shlex.quote(str(run_dir))}"

@@ -48,7 +48,7 @@ class StopOnCtrlC(Callback):
         since an exception raised there may land in C code that swallows it. None: raise it."""
         self.run = None
         self.previous = None
-        self.pid = os.getpid()
+        self.pid = None  # the process that installed the handler (a forked child inherits it)
         self.notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
         self.quit = quit
 
