@@ -1,0 +1,1 @@
+"""Embeddings, catalogs (exact and HNSW search), few-shot prototypes and clustering on pooled features."""
