@@ -16,6 +16,7 @@ COMMANDS = {
     "embed": ("edgecls.cli.embed", "pooled features of images (checkpoint, ONNX or pretrained backbone)"),
     "catalog": ("edgecls.cli.catalog", "product catalog: build, add, remove, query (exact or HNSW search)"),
     "cluster": ("edgecls.cli.cluster", "cluster embeddings: assignments, ARI/AMI/NMI, a PCA scatter"),
+    "retrieval": ("edgecls.cli.retrieval", "leave-one-out retrieval metrics of labelled embeddings: P@1, P@5, mAP@10"),
     "tune": ("edgecls.cli.tune", "hyperparameter search (Optuna), resumable, one machine or many"),
     "models": ("edgecls.cli.models", "list the registered backbones"),
     "demo-data": ("edgecls.cli.demo", "write the bundled demo digits as an image folder"),
