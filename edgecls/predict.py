@@ -215,14 +215,33 @@ class _OnnxRunner:
         self.softmax_applied = softmax_applied
         self.fixed_batch_one = fixed_batch_one
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+        """The graph's outputs (all, or `names`) for a batch; a fixed batch-1 graph runs image by image."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        run = self.session.run
         if self.fixed_batch_one and len(x) != 1:
-            out = np.concatenate([self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))])
-        else:
-            out = self.session.run(None, {self.input_name: x})[0]
-        out = np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+            parts = [run(names, {self.input_name: x[i : i + 1]}) for i in range(len(x))]
+            return [np.concatenate([part[k] for part in parts]) for k in range(len(parts[0]))]
+        return run(names, {self.input_name: x})
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.outputs(batch)[0], dtype=np.float32).reshape(len(batch), -1)
         return out if self.softmax_applied else softmax(out)
+
+
+class _PrototypeRunner(_OnnxRunner):
+    """A `pytorch2onnx.py --prototypes` graph: outputs (scores, sqnorm) -> softmax(temperature * cosine)
+    (edgecls.export.prototype_head.host_tail: the Div, Sqrt and Softmax the NPU lacks)."""
+
+    def __init__(self, session, temperature: float, fixed_batch_one: bool, fixed_hw: tuple[int, int] | None):
+        super().__init__(session, True, fixed_batch_one, fixed_hw)
+        self.temperature = float(temperature)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        from edgecls.export.prototype_head import host_tail
+
+        scores, sqnorm = self.outputs(batch)[:2]
+        return host_tail(scores, sqnorm, self.temperature)
 
 
 class Predictor:
@@ -333,6 +352,12 @@ class Predictor:
             meta = read_metadata(props, str(p))
         else:
             meta = {"classes": class_names, "preprocess": preprocess, "backbone": "", "softmax": False}
+            meta.update(kind="classifier", temperature=None)
+        if meta["kind"] == "embedding":
+            raise UserError(
+                f"{p}: an embedding export gives features, not class scores; use it with `edgecls embed` or a "
+                "catalog, or export a classifier (or pytorch2onnx.py --prototypes) to classify"
+            )
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
         if len(inp.shape) != 4:
             raise UserError(f"{p}: input {inp.name} has shape {inp.shape}; expected N x 3 x H x W")
@@ -354,7 +379,10 @@ class Predictor:
                 f"{prep.input_size[0]}x{prep.input_size[1]}; re-export it with pytorch2onnx.py"
             )
         fixed_one = isinstance(inp.shape[0], int) and inp.shape[0] == 1
-        runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one, fixed_hw=fixed)
+        if meta["kind"] == "prototypes":
+            runner = _PrototypeRunner(session, meta["temperature"], fixed_batch_one=fixed_one, fixed_hw=fixed)
+        else:
+            runner = _OnnxRunner(session, softmax_applied=meta["softmax"], fixed_batch_one=fixed_one, fixed_hw=fixed)
         return cls(
             runner,
             classes=class_names or meta["classes"],
@@ -379,14 +407,19 @@ class Predictor:
             img = to_rgb(img)
         return self.preprocess.normalize_uint8(np.asarray(self.preprocess.resize_image(img), np.uint8))
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Nx3xHxW float32 (already preprocessed) -> NxC softmax probabilities."""
+    def checked_batch(self, batch: np.ndarray) -> np.ndarray:
+        """A preprocessed image or batch as N x 3 x H x W float32, or a one-line error for another shape."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[None]
         h, w = self.preprocess.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
             raise UserError(f"input batch has shape {batch.shape}; expected N x 3 x {h} x {w}")
+        return batch
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Nx3xHxW float32 (already preprocessed) -> NxC softmax probabilities."""
+        batch = self.checked_batch(batch)
         if len(batch) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         probs = self._run(batch)

@@ -15,7 +15,7 @@ import numpy as np
 from edgecls.data.presets import Preprocess
 from edgecls.device import resolve_device
 from edgecls.errors import UserError
-from edgecls.predict import Predictor, _sniff_kind, _static_hw, check_input_size
+from edgecls.predict import Predictor, _OnnxRunner, _sniff_kind, _static_hw, check_input_size
 
 EPS = 1e-12
 
@@ -71,22 +71,16 @@ class _TorchFeatures:
         return out.float().reshape(len(x), -1).cpu().numpy()
 
 
-class _OnnxFeatures:
+class _OnnxFeatures(_OnnxRunner):
+    """The Predictor's ONNX runner, reading one named output (the pooled features) instead of class scores."""
+
     def __init__(self, session, output: str, fixed_batch_one: bool, fixed_hw):
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
+        super().__init__(session, True, fixed_batch_one, fixed_hw)
         self.output = output
-        self.fixed_batch_one = fixed_batch_one
-        self.fixed_hw = fixed_hw
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        run = self.session.run
-        if self.fixed_batch_one and len(x) != 1:
-            out = np.concatenate([run([self.output], {self.input_name: x[i : i + 1]})[0] for i in range(len(x))])
-        else:
-            out = run([self.output], {self.input_name: x})[0]
-        return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
+        out = self.outputs(batch, [self.output])[0]
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
 
 def head_input(model) -> str:
@@ -226,12 +220,7 @@ class Embedder(Predictor):
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """N x 3 x H x W float32 (preprocessed) -> N x D unit vectors."""
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim == 3:
-            batch = batch[None]
-        h, w = self.preprocess.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
-            raise UserError(f"input batch has shape {batch.shape}; expected N x 3 x {h} x {w}")
+        batch = self.checked_batch(batch)
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
         return l2_normalize(self._run(batch))

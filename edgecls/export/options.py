@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgecls.errors import UserError
 from edgecls.export.onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
+from edgecls.export.prototype_head import DEFAULT_TEMPERATURE
 from edgecls.settings import NEGATED, SWITCH, check, parse_size, setting
 
-MODEL, GRAPH, CHECKS, INT8 = "model (Kneron flags)", "graph", "checks", "INT8"
+MODEL, KIND, GRAPH, CHECKS, INT8 = "model (Kneron flags)", "embedding / prototypes", "graph", "checks", "INT8"
 
 
 @dataclass
 class ExportOptions:
     # ---- model (Kneron flags)
     snapshot: str | None = setting(
-        None, "checkpoint (.pth) from train.py, or a bare state_dict with --backbone", group=MODEL, required=True
+        None,
+        "checkpoint (.pth) from train.py, or a bare state_dict with --backbone (required unless --prototypes "
+        "with --pretrained)",
+        group=MODEL,
     )
     backbone: str | None = setting(None, "backbone name; read from the checkpoint when omitted", group=MODEL)
     num_classes: int | None = setting(
@@ -31,6 +36,33 @@ class ExportOptions:
     model_def_path: str | None = setting("./models/", "folder of user model definitions (plugins)", group=MODEL)
     save_path: str | None = setting(None, "output .onnx (default: the snapshot path with .onnx)", group=MODEL)
     force: bool = setting(False, "overwrite existing output files", group=MODEL, kind=SWITCH)
+    # ---- what the graph computes
+    embedding: bool = setting(
+        False,
+        "export the feature extractor (head stripped): outputs raw pooled features; the host L2-normalises",
+        group=KIND,
+        kind=SWITCH,
+    )
+    prototypes: str | None = setting(
+        None,
+        "export a nearest-prototype classifier: a catalog folder (manifest.json + prototypes.npy) or a support "
+        "folder of class folders (DIR/<class>/*.jpg or DIR/train/<class>/)",
+        group=KIND,
+        metavar="CAT_OR_SUPPORT_DIR",
+    )
+    pretrained: bool = setting(
+        False,
+        "with --prototypes / --embedding: use --backbone's installed pretrained weights, no --snapshot",
+        group=KIND,
+        kind=SWITCH,
+    )
+    temperature: float = setting(
+        DEFAULT_TEMPERATURE,
+        "prototypes: probabilities are softmax(T * cosine); 1 is plain cosine softmax",
+        group=KIND,
+        parse=float,
+        within="(0, inf)",
+    )
     # ---- graph
     opset: int = setting(
         DEFAULT_OPSET,
@@ -78,3 +110,22 @@ class ExportOptions:
     def check(self) -> None:
         """Every field against its declared rules (a UserError naming the field)."""
         check(self)
+        if self.embedding and self.prototypes:
+            raise UserError("`embedding` and `prototypes`: choose one (a feature extractor or a prototype classifier)")
+        if self.pretrained and not (self.prototypes or self.embedding):
+            raise UserError("`pretrained`: only with `prototypes` or `embedding` (a classifier needs its `snapshot`)")
+        if self.pretrained and self.snapshot:
+            raise UserError("`pretrained` and `snapshot`: choose one source of weights")
+        if self.pretrained and not self.backbone:
+            raise UserError("`pretrained` needs `backbone` NAME (edgecls models lists those with weights)")
+        if not self.snapshot and not self.pretrained:
+            hint = " or `backbone` NAME `pretrained`" if self.prototypes or self.embedding else ""
+            raise UserError(f"`snapshot` CHECKPOINT.pth is required{hint}")
+        if self.pretrained and not self.save_path:
+            raise UserError("`pretrained`: there is no checkpoint to name the output after; pass `save_path` FILE.onnx")
+        if self.softmax and (self.prototypes or self.embedding):
+            raise UserError("`softmax`: only for classifier exports; the host tail applies it to prototype scores")
+
+    @property
+    def kind(self) -> str:
+        return "prototypes" if self.prototypes else "embedding" if self.embedding else "classifier"

@@ -19,7 +19,7 @@ from edgecls.export.verify import FP32_MAX_DIFF, Comparison
 class ImageSource:
     """Where the verification images came from: `verify_dir`, the checkpoint's val/ folder, or generated."""
 
-    kind: str  # "verify_dir" | "val" | "generated"
+    kind: str  # "verify_dir" | "support" | "val" | "generated"
     folder: Path | None = None
 
     def text(self) -> str:
@@ -27,6 +27,8 @@ class ImageSource:
             return f"--verify-dir {self.folder}"
         if self.kind == "val":
             return f"training val images {self.folder}"
+        if self.kind == "support":
+            return f"support images {self.folder}"
         return "generated images (pass --verify-dir for real ones)"
 
 
@@ -63,12 +65,14 @@ class MetadataStep:
     preset: str
     input_size: tuple[int, int]
     resize: str
+    kind: str = "classifier"
 
 
 @dataclass
 class VerifyStep:
     comparison: Comparison
     source: ImageSource
+    measure: str = "prob"  # "prob": probabilities compared; "cosine": features compared by cosine
 
     @property
     def passed(self) -> bool:
@@ -91,6 +95,7 @@ class Int8Step:
     bytes: int
     calib_images: int
     calib_dir: str
+    kind: str = "classifier"
 
 
 @dataclass
@@ -99,6 +104,8 @@ class ExportResult:
     classes: int = 0
     input_size: tuple[int, int] = (0, 0)
     opset: int = 0
+    kind: str = "classifier"
+    dim: int = 0  # feature width (embedding / prototypes)
     surgery: SurgeryStep | None = None
     export: ExportStep | None = None
     passes: PassesStep | None = None
@@ -147,6 +154,8 @@ def figures(res: ExportResult) -> dict:
         c = res.verify.comparison
         out["fp32"] = {"images": c.count, "max_diff": c.max_diff, "agreement": c.agreement}
         out["fp32"].update(torch_top1=c.reference_top1, onnx_top1=c.onnx_top1)
+        if res.verify.measure == "cosine":
+            out["fp32"]["min_cosine"] = 1 - c.max_diff
     if res.profile:
         out["fp32_bytes"] = res.profile.bytes
     if res.int8:
@@ -154,6 +163,8 @@ def figures(res: ExportResult) -> dict:
         out["int8"] = {"bytes": q.bytes, "size_ratio": q.bytes / q.fp32_bytes, "fp32_top1": q.fp32_top1}
         out["int8"].update(int8_top1=q.comparison.onnx_top1, agreement_with_fp32=q.comparison.agreement)
         out["int8"].update(max_diff=q.comparison.max_diff, calib_images=q.calib_images)
+        if res.kind == "embedding":
+            out["int8"]["min_cosine"] = 1 - q.comparison.max_diff
     return out
 
 
@@ -165,7 +176,12 @@ def pct(value: float | None) -> str:
 def render(res: ExportResult) -> str:
     """The numbered summary: one block per step that ran, then the notes and the verdict."""
     h, w = res.input_size
-    lines = [f"edgecls export: {res.backbone}, {res.classes} classes, input 1x3x{h}x{w}, opset {res.opset}"]
+    what = {
+        "classifier": f"{res.classes} classes",
+        "embedding": f"embedding ({res.dim}-d features)",
+        "prototypes": f"prototypes ({res.classes} classes, {res.dim}-d features)",
+    }[res.kind]
+    lines = [f"edgecls export: {res.backbone}, {what}, input 1x3x{h}x{w}, opset {res.opset}"]
     for step, words in (
         (res.surgery, surgery_lines),
         (res.export, export_lines),
@@ -194,8 +210,11 @@ def surgery_lines(step: SurgeryStep) -> list[str]:
             "   WARNING: this changes the function the checkpoint was trained as; fine-tune the NPU form "
             "(train with the NPU-form backbone) for the best accuracy"
         )
-        before, after = step.top1
-        lines.append(f"   top-1 before surgery {pct(before)}, after {pct(after)} on {step.source.text()}")
+        if step.top1 is None:
+            lines.append("   (top-1 before/after is measured for classifier exports only)")
+        else:
+            before, after = step.top1
+            lines.append(f"   top-1 before surgery {pct(before)}, after {pct(after)} on {step.source.text()}")
     return lines
 
 
@@ -229,13 +248,19 @@ def op_count_lines(before: dict[str, int], after: dict[str, int]) -> list[str]:
 def metadata_lines(step: MetadataStep) -> list[str]:
     h, w = step.input_size
     return [
-        f"4. metadata: {step.classes} classes, preprocess {step.preset} "
+        f"4. metadata: kind {step.kind}, {step.classes} classes, preprocess {step.preset} "
         f"{h}x{w} {step.resize} (inference needs only the .onnx file)"
     ]
 
 
 def verify_lines(step: VerifyStep) -> list[str]:
     c = step.comparison
+    if step.measure == "cosine":
+        return [
+            f"5. verify: onnx.checker full check ok; ONNX Runtime vs PyTorch features on {c.count} "
+            f"{step.source.text()}: lowest cosine {1 - c.max_diff:.8f} (limit {1 - FP32_MAX_DIFF:.4f}), "
+            f"{c.agree}/{c.count} images at or above -> {'PASS' if step.passed else 'FAIL'}"
+        ]
     return [
         f"5. verify: onnx.checker full check ok; ONNX Runtime vs PyTorch on {c.count} {step.source.text()}: "
         f"max |diff| {c.max_diff:.2e} (limit {FP32_MAX_DIFF:.0e}), top-1 agreement "
@@ -250,6 +275,13 @@ def profile_lines(step: ProfileStep) -> list[str]:
 
 def int8_lines(step: Int8Step) -> list[str]:
     q, fp32_top1 = step.comparison, step.fp32_top1
+    if step.kind == "embedding":
+        return [
+            f"7. INT8 (QDQ, {step.calib_images} calibration images from {step.calib_dir}): features vs FP32 "
+            f"lowest cosine {1 - q.max_diff:.4f}, {q.agree}/{q.count} images >= 0.99; size {step.fp32_bytes:,} "
+            f"-> {step.bytes:,} bytes ({step.bytes / step.fp32_bytes:.2f}x)",
+            f"   wrote {step.path}",
+        ]
     drop = (
         ""
         if fp32_top1 is None or q.onnx_top1 is None

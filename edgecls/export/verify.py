@@ -25,6 +25,8 @@ from edgecls.errors import UserError
 from edgecls.predict import softmax
 
 FP32_MAX_DIFF = 1e-4
+MIN_COSINE = 1 - FP32_MAX_DIFF  # embedding exports: every image's ONNX features within this cosine of torch's
+INT8_MIN_COSINE = 0.99  # an INT8 embedding image "agrees" with FP32 at this cosine or above
 
 
 @dataclass
@@ -116,6 +118,52 @@ def torch_probs(model: nn.Module, inputs: np.ndarray, batch: int = 32) -> np.nda
     model.eval()
     outs = [model(torch.from_numpy(inputs[i : i + batch])).float() for i in range(0, len(inputs), batch)]
     return torch.softmax(torch.cat(outs), dim=1).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def torch_features(model: nn.Module, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
+    """N x D raw features of a head-stripped model."""
+    model.eval()
+    outs = [model(torch.from_numpy(inputs[i : i + batch])).float() for i in range(0, len(inputs), batch)]
+    return torch.cat(outs).reshape(len(inputs), -1).numpy().astype(np.float64)
+
+
+def _run_outputs(sess: ort.InferenceSession, inputs: np.ndarray) -> list[np.ndarray]:
+    """Every output of the graph, concatenated over the batch (one image at a time for a fixed batch of 1)."""
+    name = sess.get_inputs()[0].name
+    step = 1 if sess.get_inputs()[0].shape[0] == 1 else 32
+    runs = [sess.run(None, {name: inputs[i : i + step]}) for i in range(0, len(inputs), step)]
+    return [np.concatenate([r[k] for r in runs]).astype(np.float64) for k in range(len(runs[0]))]
+
+
+def onnx_features(sess: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
+    return _run_outputs(sess, inputs)[0].reshape(len(inputs), -1)
+
+
+def prototype_probs(sess: ort.InferenceSession, inputs: np.ndarray, temperature: float) -> np.ndarray:
+    """A prototypes graph's (scores, sqnorm) through the host tail the Predictor applies."""
+    from edgecls.export.prototype_head import host_tail
+
+    scores, sqnorm = _run_outputs(sess, inputs)[:2]
+    return host_tail(scores, sqnorm, temperature).astype(np.float64)
+
+
+def compare_cosine(
+    reference: np.ndarray, candidate: np.ndarray, samples: list[Sample], minimum: float = MIN_COSINE
+) -> Comparison:
+    """Features compared per image by cosine: max_diff is 1 - the lowest cosine, `agree` counts the images at
+    or above `minimum` (so `passed()` means every image's cosine >= MIN_COSINE)."""
+    a = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    b = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
+    cos = (a * b).sum(axis=1)
+    return Comparison(
+        count=len(samples),
+        max_diff=float(1 - cos.min()) if len(cos) else 0.0,
+        agree=int((cos >= minimum).sum()),
+        worst=samples[int(np.argmin(cos))].name if samples else "",
+        reference_top1=None,
+        onnx_top1=None,
+    )
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0) -> ort.InferenceSession:
