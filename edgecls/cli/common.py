@@ -81,3 +81,32 @@ def progress_setting(group: str):
         kind=NEGATED,
         flags=("--no-progress",),
     )
+
+
+def print_table(all_rows: list[dict], count: int, out=None) -> None:
+    """The first `count` images' top-1 as a table: file (below the folder all images share), class, score;
+    on `out` (default: sys.stdout as it is when called)."""
+    out = out or sys.stdout
+    rows, total = all_rows[:count], len(all_rows)
+    if not rows:
+        return
+    names = short_names([r["img_path"] for r in all_rows])[:count]
+    width = min(max(4, *(len(n) for n in names)), 60)
+    label_width = min(max(5, *(len(r["top1_label"]) for r in rows)), 30)
+    print(f"first {len(rows)} of {total} images:" if len(rows) < total else f"{total} images:", file=out)
+    print(f"  {'file':<{width}}  {'top-1':<{label_width}}  score", file=out)
+    for name, row in zip(names, rows):
+        name = name if len(name) <= width else "..." + name[-(width - 3) :]
+        if row.get("error"):
+            print(f"  {name:<{width}}  (unreadable: {row['error']})", file=out)
+        else:
+            print(f"  {name:<{width}}  {row['top1_label']:<{label_width}}  {float(row['top1_score']):.4f}", file=out)
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """Paths below the deepest folder that holds them all (as given when they share none)."""
+    try:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:
+        return list(paths)
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]

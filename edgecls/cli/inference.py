@@ -9,12 +9,11 @@ The flags are generated from InferenceCommand; the work is edgecls.classify's.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecls.cli.common import progress_setting, run_cli, threads_setting
+from edgecls.cli.common import print_table, progress_setting, run_cli, threads_setting
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.errors import UserError
 from edgecls.settings import (
@@ -128,33 +127,6 @@ def print_single(record: dict, out=sys.stdout) -> None:
     print(f"{record['img_path']}:", file=out)
     for rank, (score, label) in enumerate(record["0_0"], 1):
         print(f"  {rank}. {label:<20} {score:.4f}", file=out)
-
-
-def print_table(all_rows: list[dict], count: int, out=sys.stdout) -> None:
-    """The first `count` images' top-1 as a table: file (below the folder all images share), class, score."""
-    rows, total = all_rows[:count], len(all_rows)
-    if not rows:
-        return
-    names = _short_names([r["img_path"] for r in all_rows])[:count]
-    width = min(max(4, *(len(n) for n in names)), 60)
-    label_width = min(max(5, *(len(r["top1_label"]) for r in rows)), 30)
-    print(f"first {len(rows)} of {total} images:" if len(rows) < total else f"{total} images:", file=out)
-    print(f"  {'file':<{width}}  {'top-1':<{label_width}}  score", file=out)
-    for name, row in zip(names, rows):
-        name = name if len(name) <= width else "..." + name[-(width - 3) :]
-        if row.get("error"):
-            print(f"  {name:<{width}}  (unreadable: {row['error']})", file=out)
-        else:
-            print(f"  {name:<{width}}  {row['top1_label']:<{label_width}}  {float(row['top1_score']):.4f}", file=out)
-
-
-def _short_names(paths: list[str]) -> list[str]:
-    """Paths below the deepest folder that holds them all (as given when they share none)."""
-    try:
-        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    except ValueError:
-        return list(paths)
-    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,9 @@ class ServeCommand:
     model_def_path: str | None = setting("./models/", "folder of user model definitions (plugins)", group=MODEL)
     gpu: str = setting("-1", "CUDA device index, or -1 for the CPU", group=MODEL)
     threads: int = threads_setting(MODEL)
+    catalog: str | None = setting(
+        None, "a catalog folder (edgecls catalog build): adds POST /search with thumbnails", group=MODEL, metavar="CAT"
+    )
     # ---- network
     host: str = setting("127.0.0.1", "address to listen on; 0.0.0.0 exposes the server to the whole network", group=NET)
     port: int = setting(5000, "TCP port; 0 picks a free one (printed at start)", group=NET, parse=int)
@@ -118,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         decode_threads=s.decode_threads,
         max_model_batch=s.model_batch,
     )
-    app = create_app(predictor, settings)
+    catalog = embedder = None
+    if s.catalog:
+        from edgecls.embed.catalog import Catalog
+
+        catalog = Catalog.open(s.catalog)
+        embedder = catalog.load_embedder(device=s.gpu, model_def_path=s.model_def_path, threads=budget.intra or None)
+    app = create_app(predictor, settings, catalog=catalog, embedder=embedder)
     sock = bind_socket(s.host, s.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: listening on all interfaces; anyone on the network can use this server", file=sys.stderr)
     print(
         f"edgecls serve: {predictor.backbone or predictor.kind} ({len(predictor.classes)} classes) "
-        f"on http://{shown}:{port}/  (API: /classify, /classify/batch, /health, /model, /openapi.json)",
+        f"on http://{shown}:{port}/  (API: /classify, /classify/batch, {'/search, ' if catalog else ''}/health, "
+        "/model, /openapi.json)",
         flush=True,
     )
     run_server(app, sock, access_log=not s.no_access_log, limit_concurrency=s.limit_concurrency)

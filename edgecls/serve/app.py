@@ -102,8 +102,9 @@ ERRORS = {
 }
 
 
-def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The app for `predictor` (an edgecls.predict.Predictor)."""
+def create_app(predictor, settings: ServeSettings | None = None, catalog=None, embedder=None) -> FastAPI:
+    """The app for `predictor` (an edgecls.predict.Predictor); with a `catalog` (queried with `embedder`),
+    also POST /search (edgecls.serve.search)."""
     settings = settings or ServeSettings()
     batcher = MicroBatcher(predictor.predict_arrays, max_batch=settings.max_model_batch)
     decode_pool = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="edgecls-decode")
@@ -293,6 +294,11 @@ def create_app(predictor, settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    if catalog is not None:
+        from edgecls.serve.search import add_search_routes
+
+        add_search_routes(app, catalog, embedder, settings, decode_pool)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

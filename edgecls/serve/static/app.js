@@ -53,6 +53,49 @@ function drawResults(predictions) {
   }
 }
 
+let hasCatalog = false;
+
+async function loadCatalogInfo() {
+  try {
+    const response = await fetch("/catalog");
+    hasCatalog = response.ok && (await response.json()).success === true;
+  } catch {
+    hasCatalog = false;
+  }
+}
+
+// the catalog view: nearest products (cosine) and thumbnails of the nearest catalog images
+async function search(file) {
+  const view = $("search-view");
+  if (!hasCatalog) return;
+  const body = new FormData();
+  body.append("img", file, file.name);
+  const topk = encodeURIComponent($("topk").value || "");
+  const response = await fetch(`/search?topk=${topk}`, { method: "POST", body });
+  const reply = await response.json();
+  if (!reply.success) throw new Error(reply.error || `HTTP ${response.status}`);
+  const products = $("products");
+  products.replaceChildren();
+  for (const { product, score } of reply.products) {
+    const item = document.createElement("li");
+    item.textContent = `${product} (${score.toFixed(3)})`;
+    products.appendChild(item);
+  }
+  const matches = $("matches");
+  matches.replaceChildren();
+  for (const { product, score, url } of reply.nearest) {
+    const item = document.createElement("li");
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = product;
+    const caption = document.createElement("span");
+    caption.textContent = `${product} ${score.toFixed(3)}`;
+    item.append(img, caption);
+    matches.appendChild(item);
+  }
+  view.hidden = false;
+}
+
 async function classify(file) {
   showError("");
   if (previewUrl) URL.revokeObjectURL(previewUrl);
@@ -61,6 +104,7 @@ async function classify(file) {
   $("file-name").textContent = file.name;
   $("output").hidden = false;
   $("results").replaceChildren();
+  $("search-view").hidden = true;
   $("status").textContent = "classifying…";
   const body = new FormData();
   body.append("img", file, file.name);
@@ -77,6 +121,7 @@ async function classify(file) {
     drawResults(reply.predictions);
     const best = reply.predictions[0];
     $("status").textContent = `${best.label} (${(best.probability * 100).toFixed(1)}%)`;
+    await search(file);
   } catch (err) {
     $("status").textContent = "";
     $("output").hidden = true;  // no broken preview beside the error
@@ -110,6 +155,7 @@ function setup() {
     else showError("drop an image file");
   });
   loadModelInfo();
+  loadCatalogInfo();
 }
 
 document.addEventListener("DOMContentLoaded", setup);
