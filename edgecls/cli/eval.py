@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from edgecls.cli.common import progress_setting, run_cli, threads_setting
 from edgecls.data.presets import PRESETS, RESIZE_POLICIES
+from edgecls.embed.few_shot import parse_shots
 from edgecls.errors import UserError
 from edgecls.settings import (
+    SWITCH,
     build_parser,
     check,
     flag_names,
@@ -27,7 +29,7 @@ from edgecls.settings import (
     setting,
 )
 
-DATASET, E2E, COMMON = "dataset mode", "end-to-end mode", "common"
+DATASET, E2E, FEW, COMMON = "dataset mode", "end-to-end mode", "few-shot mode", "common"
 
 
 @dataclass
@@ -39,8 +41,10 @@ class EvalCommand:
     onnx: str | None = setting(None, "ONNX model (onnxruntime) instead of --snapshot", group=DATASET, metavar="ONNX")
     data_dir: str | None = setting(
         None,
-        "dataset folder holding the split (or the split folder itself), or a shard folder (edgecls data pack)",
+        "dataset folder holding the split (or the split folder itself), or a shard folder (edgecls data pack); "
+        "with --few-shot: a folder of class subfolders (DIR/<class>/ or DIR/<split>/<class>/)",
         group=DATASET,
+        flags=("--data-dir", "--data"),
     )
     split: str = setting("val", "subfolder of --data-dir to evaluate", group=DATASET)
     backbone: str | None = setting(
@@ -56,6 +60,27 @@ class EvalCommand:
         None, "override the stored normalization", group=DATASET, choices=tuple(sorted(PRESETS))
     )
     resize: str | None = setting(None, "override the stored resize policy", group=DATASET, choices=RESIZE_POLICIES)
+    # ---- few-shot mode (edgecls/embed/few_shot.py)
+    few_shot: bool = setting(
+        False,
+        "few-shot accuracy: episodes drawn from the classes of --data-dir, each image embedded once (features "
+        "before the head) by --snapshot, --onnx or --backbone NAME --pretrained; nearest prototype by cosine; "
+        "mean accuracy and 95%% interval (1.96 std / sqrt(episodes)) per --k-shot",
+        group=FEW,
+        kind=SWITCH,
+    )
+    pretrained: bool = setting(
+        False, "with --few-shot: the --backbone's installed pretrained weights (no checkpoint)", group=FEW,
+        kind=SWITCH,
+    )  # fmt: skip
+    n_way: int = setting(5, "classes per episode", group=FEW, parse=int, at_least=2)
+    k_shot: list[int] = setting(
+        [1, 5], "support images per class: one figure per value, e.g. 1,5", group=FEW, parse=parse_shots,
+        metavar="K[,K...]",
+    )  # fmt: skip
+    query: int = setting(15, "query images per class and episode", group=FEW, parse=int, at_least=1)
+    episodes: int = setting(600, "episodes per k-shot figure", group=FEW, parse=int, at_least=1)
+    seed: int = setting(0, "seed of the episodes (each k-shot draws its own from seed + k)", group=FEW, parse=int)
     # ---- end-to-end mode
     preds: str | None = setting(None, "folder of per-image prediction JSON files", group=E2E, metavar="FOLDER")
     gts: str | None = setting(None, "ground truth {image_path: label (name or id)}", group=E2E, metavar="FILE.json")
@@ -105,6 +130,11 @@ class EvalCommand:
         for what in ("save_dir", "save_misclassified"):
             if getattr(self, what) is not None:
                 check_save_dir(getattr(self, what), what)
+        if self.few_shot:
+            self.check_few_shot()
+            return
+        if self.pretrained:
+            raise UserError("`pretrained` applies to `few_shot` mode only")
         dataset = bool(self.snapshot or self.onnx or self.data_dir)
         if self.end_to_end and dataset:
             raise UserError("choose one mode: `snapshot`/`onnx` with `data_dir`, or `preds` with `gts`")
@@ -114,6 +144,21 @@ class EvalCommand:
             raise UserError("dataset mode needs `data_dir` DATASET (its val/ split is evaluated)")
         if not (self.end_to_end or dataset):
             raise UserError("nothing to evaluate: give `snapshot`/`onnx` with `data_dir`, or `preds` with `gts`")
+
+    def check_few_shot(self) -> None:
+        if self.end_to_end:
+            raise UserError("`few_shot` evaluates a model on `data_dir`; leave out `preds`/`gts`")
+        models = [what for what in ("snapshot", "onnx") if getattr(self, what)] + (["pretrained"] * self.pretrained)
+        if len(models) != 1:
+            raise UserError("`few_shot` needs one model: `snapshot` PTH, `onnx` FILE or `backbone` NAME `pretrained`")
+        if self.pretrained and not self.backbone:
+            raise UserError("`pretrained` needs `backbone` NAME (a backbone with installed weights)")
+        if not self.data_dir:
+            raise UserError("`few_shot` needs `data_dir` DIR: a folder of class subfolders the model never saw")
+
+    @property
+    def model(self) -> str:
+        return self.snapshot or self.onnx or self.backbone
 
 
 FLAGS = flag_names(EvalCommand)
@@ -152,11 +197,53 @@ def run_mode(s: EvalCommand) -> dict:
     return evaluation.run_dataset_mode(predictor, s.data_dir, s.split, s.batch_size, s.workers, s.progress)
 
 
+def run_few_shot(s: EvalCommand) -> int:
+    """Embed every image of `data_dir` once, then the episodes; print the figures, write few_shot.json."""
+    import json
+    from pathlib import Path
+
+    from edgecls.atomic import atomic_write_text
+    from edgecls.data.layout import walk_files
+    from edgecls.embed.embed import embed_images
+    from edgecls.embed.features import Embedder, describe
+    from edgecls.embed.few_shot import few_shot_report, format_report
+    from edgecls.evaluation import default_save_dir
+
+    root = Path(s.data_dir)
+    if not root.is_dir():
+        raise UserError(f"`data_dir` {root}: no such folder")
+    paths = walk_files(str(root), images_only=True)
+    if not paths:
+        raise UserError(f"`data_dir` {root}: no image files in its class subfolders")
+    embedder = Embedder.load(s.model, device=s.gpu,
+                             model_def_path=s.model_def_path, threads=s.threads or None)  # fmt: skip
+    failed: list = []
+    emb = embed_images(embedder, paths, root=root, batch_size=s.batch_size, workers=s.workers,
+                       progress=s.progress, failed=failed)  # fmt: skip
+    for path, reason in failed[:10]:
+        warn(f"skipped unreadable {path}: {reason}")
+    labelled = [i for i, lab in enumerate(emb.labels) if lab is not None]
+    report = few_shot_report(
+        emb.vectors[labelled], [emb.labels[i] for i in labelled], n_way=s.n_way, shots=s.k_shot, query=s.query,
+        episodes=s.episodes, seed=s.seed, where=str(root),
+    )  # fmt: skip
+    report["model"] = embedder.identity
+    text = format_report(report, describe(embedder.identity))
+    out = Path(s.save_dir or default_save_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out / "few_shot.json")
+    print(text, end="")
+    print(f"wrote {out / 'few_shot.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgecls.evaluation import classification_report, default_save_dir, reported_topk, write_outputs
 
     s = parse(argv)
     s.check()
+    if s.few_shot:
+        return run_few_shot(s)
     result = run_mode(s)
     k, note = reported_topk(s.topk, result)
     if note:

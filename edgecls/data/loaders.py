@@ -165,6 +165,21 @@ class Loaders:
             )
         return self._data_loader(self.val_set, shuffle=False, seed=self.settings.seed, sampler=sampler)
 
+    def batches_in_order(self, epoch: int, order: list[int], size: int):
+        """Training batches of `size` consecutive samples of `order` (an episode sampler's indices), augmented
+        from the epoch's seed, from the image cache or the folder dataset (episodic training)."""
+        if self.cached:
+            return CachedLoader(
+                self.train_set, size, self.device, preprocess=self.preprocess, augment=self.augment,
+                seed=self._cached_train_seed(epoch), sampler=order,
+            )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.epoch_seed(epoch))
+        return DataLoader(
+            self.train_set, batch_sampler=[order[i : i + size] for i in range(0, len(order), size)],
+            num_workers=self.settings.workers, pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init, generator=generator,
+        )  # fmt: skip
+
     def _data_loader(self, dataset, *, shuffle: bool, seed: int, sampler=None, drop_last: bool = False):
         generator = torch.Generator()
         generator.manual_seed(seed)

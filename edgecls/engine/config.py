@@ -37,6 +37,7 @@ MODEL, OPTIM, AUGMENT, STOP, HARDWARE = (
     "stopping and checkpoints",
     "hardware",
 )
+EPISODIC = "few-shot (episodic) training"
 
 # What `--resume` may change: where things are and how fast they run, never what is trained. Every other
 # setting given on resume must equal the run's recorded value.
@@ -187,6 +188,21 @@ class TrainConfig:
     )  # fmt: skip
     mixup: float = setting(0.0, "mixup alpha (0: off)", group=AUGMENT, parse=float, within="[0, inf)")
     cutmix: float = setting(0.0, "cutmix alpha (0: off)", group=AUGMENT, parse=float, within="[0, inf)")
+    # ---- few-shot (episodic) training: edgecls/engine/episodic.py
+    episodic: bool = setting(
+        False,
+        "train the backbone as a prototypical network: each step is an episode of --n-way classes from train/ "
+        "(--k-shot support + --query query images each), scored by scaled cosine to the support prototypes; "
+        "validation (val top-1) is few-shot accuracy on val/ episodes",
+        group=EPISODIC,
+        kind=SWITCH,
+    )
+    n_way: int = setting(5, "classes per episode (--episodic)", group=EPISODIC, parse=int, at_least=2)
+    k_shot: int = setting(5, "support images per class and episode (--episodic)", group=EPISODIC, parse=int, at_least=1)
+    query: int = setting(15, "query images per class and episode (--episodic)", group=EPISODIC, parse=int, at_least=1)
+    episodes_per_epoch: int = setting(
+        100, "training episodes (optimizer steps) per epoch (--episodic)", group=EPISODIC, parse=int, at_least=1
+    )
     # ---- stopping and checkpoints
     early_stop: int = setting(1, "1: stop when val top-1 stalls", group=STOP, choices=(0, 1), parse=int)
     patience: int = setting(

@@ -102,6 +102,10 @@ def prepared_config(cfg: TrainConfig, resume_from: dict | None) -> tuple[TrainCo
     cfg, sources = resolve_recipe(cfg)
     if resume_from is not None:
         sources = dict(resume_from.get("recipe", {}).get("sources", sources))
+    if cfg.episodic:
+        from edgecls.engine.episodic import prepare
+
+        cfg = prepare(cfg, sources)
     return replace(cfg, model_name=cfg.model_name or cfg.backbone), sources
 
 
@@ -144,6 +148,10 @@ class Run:
         run._build_model(load_snapshot=resume_from is None)
         check_mode(cfg.cache_images, run.device)
         run._plan_loaders()  # a shard set too small to stream, a cache over its limit: refused before any file
+        if cfg.episodic:
+            from edgecls.engine.episodic import check_data
+
+            check_data(run)
         if resume_from is not None and resume_from["classes"] != run.classes:
             raise UserError(
                 f"`resume`: the dataset's classes {run.classes} differ from the checkpoint's {resume_from['classes']}"
@@ -281,15 +289,21 @@ class Run:
     def _build_optimization(self) -> None:
         cfg = self.cfg
         self.optimizer = make_optimizer(cfg, self._groups(cfg.lr))
-        self.scheduler = make_scheduler(cfg, self.optimizer, self.loaders.steps_per_epoch)
+        steps = cfg.episodes_per_epoch if cfg.episodic else self.loaders.steps_per_epoch
+        self.scheduler = make_scheduler(cfg, self.optimizer, steps)
         fp16 = cfg.amp and self.device.type == "cuda" and autocast_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         if cfg.model_ema:
-            self.ema = ModelEma(self.model, cfg.epochs * self.loaders.steps_per_epoch)
+            self.ema = ModelEma(self.model, cfg.epochs * steps)
         self.mixer = make_mixer(cfg.mixup, cfg.cutmix, len(self.classes))
         self.train_model = dist_utils.wrap_model(self.model, self.ctx)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
+        if cfg.episodic:  # episode images -> query logits (edgecls/engine/episodic.py)
+            from edgecls.engine.episodic import EpisodeModel
+
+            self.train_model = EpisodeModel(self.train_model, self.model, cfg.n_way, cfg.k_shot)
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0).to(self.device)
         self.topk, capped = capped_topk(cfg.topk, len(self.classes))
         if capped:
             self.log(f"topk {cfg.topk}: {capped}")
@@ -356,7 +370,12 @@ class Run:
         """Train one epoch (0-based); the figures are summed over ranks."""
         seed_everything(self.loaders.epoch_seed(epoch))
         self._freeze_for(epoch)
-        loader = self.loaders.train(epoch)
+        if self.cfg.episodic:
+            from edgecls.engine.episodic import EpisodeLoader
+
+            loader = EpisodeLoader(self, epoch)
+        else:
+            loader = self.loaders.train(epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
@@ -408,6 +427,10 @@ class Run:
             recompute_bn_stats(model, self.loaders.calibration(images), images, self.device, self.cfg.amp, skip)
 
     def _evaluate(self, model: nn.Module) -> dict:
+        if self.cfg.episodic:  # few-shot accuracy on val/ episodes
+            from edgecls.engine.episodic import EpisodeModel, validate
+
+            return validate(self, model.model if isinstance(model, EpisodeModel) else model)
         sums = evaluate(
             model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last,
             should_stop=self._should_stop,
@@ -439,7 +462,7 @@ class Run:
             preprocess=self.preprocess, metrics=metrics, model_name=cfg.model_name,
             data={"root": str(Path(cfg.data).resolve()), "train": str(self.splits["train"].root.resolve()),
                   "val": str(self.splits["val"].root.resolve())},
-            recipe=recipe_record(cfg, self.sources),
+            recipe=recipe_record(cfg, self.sources), task="episodic" if cfg.episodic else "classify",
         )  # fmt: skip
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
