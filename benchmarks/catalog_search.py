@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgecls.embed.index import CONNECTIVITY, ExactIndex, HnswIndex, recall_at_k  # noqa: E402
+from edgecls.embed.index import CONNECTIVITY, RERANK_CANDIDATES, ExactIndex, HnswIndex, RerankedIndex, recall_at_k  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -127,17 +127,21 @@ def bench_search(args, rng) -> dict:
         index = HnswIndex.build(vecs, dtype=dtype, threads=os.cpu_count() or 1)
         build = time.perf_counter() - t0
         res["hnsw"][dtype] = {"build_s": build, "bytes": index.index.memory_usage, "by_expansion": {}}
+        keys = np.arange(len(vecs), dtype=np.int64)
         for ef in (int(e) for e in args.expansion.split(",")):
             index.index.expansion_search = ef
-            one = lambda q, index=index: index.search(q, 10, threads=1)  # noqa: E731
-            latencies(one, queries[:20])
-            hl = np.percentile(latencies(one, queries), 50)
-            _, found = index.search(queries, 10, threads=os.cpu_count() or 1)
-            rec = recall_at_k(found, truth)
-            res["hnsw"][dtype]["by_expansion"][ef] = {"p50_ms": hl * 1e3, "recall_at_10": rec, "speedup": p50 / hl}
-            ok = rec >= 0.98 and p50 / hl >= 10
-            name = f"{dtype} ef={ef}"
-            print(f"{name:<20} {build:>8.1f} {hl * 1e3:>8.3f} {rec:>10.4f} {p50 / hl:>7.1f}x  {verdict(ok)}")
+            variants = (("", index), (f"+rerank{RERANK_CANDIDATES}", RerankedIndex(index, vecs, keys)))
+            for suffix, searcher in variants:
+                one = lambda q, s=searcher: s.search(q, 10, threads=1)  # noqa: E731
+                latencies(one, queries[:20])
+                hl = np.percentile(latencies(one, queries), 50)
+                _, found = searcher.search(queries, 10, threads=os.cpu_count() or 1)
+                rec = recall_at_k(found, truth)
+                fig = {"p50_ms": hl * 1e3, "recall_at_10": rec, "speedup": p50 / hl}
+                res["hnsw"][dtype]["by_expansion"][f"{ef}{suffix}"] = fig
+                ok = rec >= 0.98 and p50 / hl >= 10
+                name = f"{dtype} ef={ef}{suffix}"
+                print(f"{name:<20} {build:>8.1f} {hl * 1e3:>8.3f} {rec:>10.4f} {p50 / hl:>7.1f}x  {verdict(ok)}")
         del index
     return res
 
@@ -229,7 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=256, help="queries per batched search")
     ap.add_argument("--dtypes", default="f16,i8", help="usearch storage types to measure (f32 builds ~3x slower)")
-    ap.add_argument("--expansion", default="32,64,128", help="HNSW expansion_search values to measure")
+    ap.add_argument("--expansion", default="64,96,128", help="HNSW expansion_search values to measure")
     ap.add_argument("--products", type=int, default=1000, help="add-one-product: catalog size in products")
     ap.add_argument("--skip-add", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

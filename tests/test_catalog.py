@@ -168,9 +168,12 @@ def test_hnsw_save_load_and_recall(full_cat, tmp_path):
     np.testing.assert_allclose(scores, scores2, atol=1e-6)
     exact_scores, exact_keys = ExactIndex(vecs, cat.keys).search(queries, 5)
     assert recall_at_k(keys, exact_keys) >= 0.95
-    np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], atol=2e-3)  # f16 storage: ~1e-3 rounding
-    # the catalog's own saved graph agrees with exact search too
-    assert recall_at_k(cat.index("hnsw").search(queries, 5)[1], exact_keys) >= 0.95
+    np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], atol=3e-2)  # int8 storage: ~1e-2 rounding
+    # the catalog's own saved graph, its candidates re-scored in float32: exact scores, the exact neighbours
+    reranked_scores, reranked_keys = cat.index("hnsw").search(queries, 5)
+    assert recall_at_k(reranked_keys, exact_keys) >= 0.95
+    found = reranked_keys == exact_keys
+    np.testing.assert_allclose(reranked_scores[found], exact_scores[found], atol=1e-5)
 
 
 def test_force_rules(shop, trained_ckpt, tmp_path, capsys):

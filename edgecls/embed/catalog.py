@@ -34,7 +34,7 @@ from edgecls.atomic import atomic_copy, atomic_write_bytes, atomic_write_text
 from edgecls.data.images import has_image_extension
 from edgecls.data.layout import class_folders, is_hidden, walk_files
 from edgecls.embed.features import Embedder, describe, same_model
-from edgecls.embed.index import ExactIndex, HnswIndex
+from edgecls.embed.index import ExactIndex, HnswIndex, RerankedIndex
 from edgecls.embed.prototypes import compute_prototypes, cosine_scores
 from edgecls.embed.store import Embeddings
 from edgecls.errors import UserError
@@ -186,7 +186,7 @@ class Catalog:
         if kind == "hnsw":
             if self.hnsw is None:
                 raise UserError(f"`index` hnsw: {self.folder} was built without one; use exact or rebuild with hnsw")
-            return self.hnsw
+            return RerankedIndex(self.hnsw, self.embeddings.vectors, self.keys)
         if kind != "exact":
             raise UserError(f"`index` {kind!r}: choose one of {', '.join(INDEX_KINDS)}")
         return ExactIndex(self.embeddings.vectors, self.keys)
