@@ -30,18 +30,19 @@ def embed_images(
     if labels is None:
         labels = [label_of(p, root) if root is not None else None for p in paths]
     label_by_path = {str(p): lab for p, lab in zip(paths, labels)}
-    kept, vecs = [], []
+    kept, vecs, first_failure = [], [], None
     with progress_bar(len(paths), progress, desc="embed") as bar:
         for path, vec, reason in embedder.embed_paths(paths, batch_size=batch_size, workers=workers):
             bar.update(1)
             if vec is None:
+                first_failure = first_failure or f"{path}: {reason}"
                 if failed is not None:
                     failed.append((path, reason))
                 continue
             kept.append(path)
             vecs.append(vec)
     if not kept:
-        raise UserError(f"none of the {len(paths)} images could be read")
+        raise UserError(f"none of the {len(paths)} images could be read (first: {first_failure}); check the files")
     return Embeddings(
         vectors=np.stack(vecs),
         paths=kept,
