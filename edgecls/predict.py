@@ -306,6 +306,11 @@ class Predictor:
             torch.set_num_threads(int(num_threads))
         obj = load_raw(p)
         if is_edgecls_checkpoint(obj):
+            if obj.get("task") == "autoencoder":
+                raise UserError(
+                    f"{p}: an autoencoder checkpoint (train.py --task autoencoder) has an untrained classifier head; "
+                    "use it with `edgecls embed` / a catalog, or fine-tune it with train.py --snapshot to classify"
+                )
             _check_class_count(len(obj["classes"]), class_names, f"checkpoint {p}")
             name = obj["model"]["name"]
             if backbone and backbone != name:
@@ -353,6 +358,11 @@ class Predictor:
         else:
             meta = {"classes": class_names, "preprocess": preprocess, "backbone": "", "softmax": False}
             meta.update(kind="classifier", temperature=None)
+        if meta["kind"] == "autoencoder":
+            raise UserError(
+                f"{p}: a whole-autoencoder export reconstructs images and gives no class scores; export the "
+                "encoder (pytorch2onnx.py without --autoencoder-full) for `edgecls embed`"
+            )
         if meta["kind"] == "embedding":
             raise UserError(
                 f"{p}: an embedding export gives features, not class scores; use it with `edgecls embed` or a "

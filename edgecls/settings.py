@@ -289,7 +289,9 @@ def config_value(path: Path, key, value, f: dataclasses.Field, s: Setting):
         if s.parse is None and s.choices is None:
             return ""  # like the flag given an empty value (--model-def-path "": no plugin folder)
         raise UserError(f"`config` {path}: {key!r} has no value; give one (default: {default}) or remove the line")
-    if isinstance(value, dict):
+    if isinstance(value, dict) and isinstance(default, dict):  # a mapping setting (model-args)
+        value = ", ".join(f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, dict):
         raise UserError(f"`config` {path}: {key!r}: expected a single value, not a mapping")
     if isinstance(value, list):  # class-weights: [1, 2] reads like the flag's "1,2"
         value = ",".join(str(v) for v in value)

@@ -45,6 +45,13 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, run, metrics: dict) -> None:
         m, k = metrics, run.topk
+        if run.monitored == "val_loss":  # an autoencoder: reconstruction losses only
+            run.log(
+                f"epoch {m['epoch']}/{run.cfg.epochs}  train loss {m['train_loss']:.5f}  val loss {m['val_loss']:.5f} "
+                f"({run.cfg.recon_loss})  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s"
+                + ("  *best*" if m["is_best"] else "")
+            )
+            return
         ema = f" (raw {m['val_top1_raw']:.4f}, EMA {m['val_top1_ema']:.4f})" if m.get("val_top1_ema") != "" else ""
         topk = f" top-{k} {m['val_topk']:.4f}" if k > 1 else ""
         run.log(
@@ -60,8 +67,9 @@ class EarlyStop(Callback):
     def on_epoch_end(self, run, metrics: dict) -> None:
         monitor = run.monitor
         if run.cfg.early_stop and monitor.should_stop:
+            what = "val loss" if run.monitored == "val_loss" else "val top-1"
             run.stop(
-                f"early stopping: val top-1 has not improved for {run.cfg.patience} epochs "
+                f"early stopping: {what} has not improved for {run.cfg.patience} epochs "
                 f"(best {monitor.best:.4f} at epoch {monitor.best_epoch})"
             )
 
@@ -81,6 +89,13 @@ class FinalTable(Callback):
         k, run_dir = run.topk, run.recorder.run_dir
         found = self.evaluation.results if self.evaluation is not None else {}
         lines = ["", "  metric          value", "  --------------  ----------", f"  best epoch      {best['epoch']}"]
+        if run.monitored == "val_loss":
+            lines.append(f"  val loss        {float(best['val_loss']):.5f}  ({run.cfg.recon_loss} reconstruction)")
+            lines.append(f"  epochs run      {len(rows)}")
+            lines.append(f"  best model      {run_dir / 'best.pth'}")
+            lines.append(f"  run folder      {run_dir}  (summary.csv, curves.png, reconstructions.png, args.yaml)")
+            print("\n".join(lines) + "\n", flush=True)
+            return
         lines.append(f"  val top-1       {float(best['val_top1']):.4f}")
         if k > 1:
             lines.append(f"  val top-{k:<7} {float(best['val_topk']):.4f}")

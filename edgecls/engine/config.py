@@ -15,6 +15,31 @@ from edgecls.data.presets import PRESETS, RESIZE_POLICIES
 from edgecls.settings import NEGATED, POSITIONAL, SWITCH, TOGGLE, check, parse_bytes, parse_size, setting
 
 
+def parse_model_args(text) -> dict:
+    """`width=48,depth=4` (or a mapping from a config file) -> builder keyword arguments; numbers and
+    true/false are converted."""
+    if isinstance(text, dict):
+        return dict(text)
+    out: dict = {}
+    for item in filter(None, (part.strip() for part in str(text).split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"{item!r}: use KEY=VALUE pairs, comma-separated: width=48,depth=4")
+        out[key.strip()] = _scalar(value.strip())
+    return out
+
+
+def _scalar(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_lr(text: str) -> float | str:
     """A learning rate, or "auto" for the LR range test."""
     if str(text).strip().lower() == "auto":
@@ -28,6 +53,8 @@ def parse_lr(text: str) -> float | str:
 OPTIMIZERS = ("SGD", "ASGD", "ADAM", "ADAMW")
 SCHEDULERS = ("slanted-triangular", "onecycle", "cosine", "step", "none")
 RECIPES = ("kneron", "finetune", "scratch")
+TASKS = ("classify", "autoencoder")
+RECON_LOSSES = ("mse", "bce")
 AUGMENTS = ("none", "light", "trivial", "randaugment")
 
 MODEL, OPTIM, AUGMENT, STOP, HARDWARE = (
@@ -87,6 +114,17 @@ class TrainConfig:
         parse=float,
         within="[0, 1)",
     )
+    task: str = setting(
+        "classify",
+        "what the run learns: classify (labelled class folders) or autoencoder (reconstruction; no labels needed, "
+        "a flat folder of images works; backbone conv-autoencoder)",
+        group=MODEL,
+        choices=TASKS,
+    )
+    recon_loss: str = setting(
+        "mse", "reconstruction loss of --task autoencoder: mse or bce (pixels in [0, 1])", group=MODEL,
+        choices=RECON_LOSSES,
+    )  # fmt: skip
     # ---- recipe and optimization (None: the recipe's value; see edgecls/engine/recipes.py)
     recipe: str | None = setting(
         None,
@@ -276,8 +314,15 @@ class TrainConfig:
         False, "also write TensorBoard event files to RUN/tensorboard (needs the tensorboard package)", group=STOP,
         kind=SWITCH,
     )  # fmt: skip
-    # ---- library only
-    model_kwargs: dict = setting({}, "keyword arguments for the backbone's builder", cli=False)
+    model_kwargs: dict = setting(
+        {},
+        "keyword arguments for the backbone's builder, e.g. width=48,depth=4 for classic-cnn (`edgecls models` "
+        "lists each backbone's)",
+        group=MODEL,
+        parse=parse_model_args,
+        flags=("--model-args",),
+        metavar="K=V,...",
+    )
 
     def __post_init__(self):
         if self.input_size is not None:

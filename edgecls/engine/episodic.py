@@ -28,31 +28,15 @@ from edgecls.errors import UserError
 
 SCALE = 10.0
 VAL_EPISODES = 300
-# Settings that make no sense without a trained head or a fixed class count per batch.
-REFUSED = {
-    "mixup": lambda v: v > 0,
-    "cutmix": lambda v: v > 0,
-    "freeze_backbone": lambda v: bool(v),
-    "probe_init": lambda v: bool(v),
-    "head_epochs": lambda v: bool(v),
-    "gradual_unfreeze": lambda v: bool(v),
-    "class_weights": lambda v: str(v).lower() != "none",
-    "lr": lambda v: v == "auto",
-}
 
 
 def prepare(cfg, sources: dict):
-    """The settings of an episodic run: refuse what cannot work with it; the recipe's head-only steps
-    (probe_init, head epochs, gradual unfreezing) are turned off, and so is the end-of-training classifier
-    evaluation (the head is not trained)."""
-    for name, bad in REFUSED.items():
-        value = getattr(cfg, name)
-        if bad(value) and (sources.get(name, "given") == "given"):
-            raise UserError(f"`episodic`: `{name}` {value} does not apply to episodic training; leave it out")
-    off = {name: False for name in ("probe_init", "gradual_unfreeze") if getattr(cfg, name)}
-    if cfg.head_epochs:
-        off["head_epochs"] = 0
-    return replace(cfg, final_eval=False, **off)
+    """The settings of an episodic run: refuse what cannot work with it (engine.recipes.CLASSIFIER_ONLY); the
+    recipe's head-only steps are turned off, and so is the end-of-training classifier evaluation (the head is
+    not trained)."""
+    from edgecls.engine.recipes import CLASSIFIER_ONLY, refuse_given
+
+    return replace(refuse_given(cfg, sources, CLASSIFIER_ONLY, "`episodic`"), final_eval=False)
 
 
 def check_data(run) -> None:

@@ -89,12 +89,14 @@ def train_one_epoch(
     after_step=None,
     should_stop=None,
     keep_eval=(),
+    accuracy=True,
 ) -> EpochStats:
     """One pass over `loader`. time_first_step: wait for the first step's GPU work (one host sync) to record
-    how long it took; asked for in the first epoch a run trains, which timings.json reports. mixer: mixup /
-    cutmix on each batch (soft labels). after_step(): called after every optimizer step (the EMA update).
-    should_stop(): checked between steps; True ends the epoch early (an interrupt). keep_eval: modules that
-    stay in eval mode (frozen BatchNorms keep their statistics)."""
+        how long it took; asked for in the first epoch a run trains, which timings.json reports. mixer: mixup /
+        cutmix on each batch (soft labels). after_step(): called after every optimizer step (the EMA update).
+        should_stop(): checked between steps; True ends the epoch early (an interrupt). keep_eval: modules that
+        stay in eval mode (frozen BatchNorms keep their statistics). accuracy=False: outputs are not class scores
+    (an autoencoder's reconstructions), so no accuracy is counted."""
     model.train()
     for module in keep_eval:
         module.eval()
@@ -113,7 +115,8 @@ def train_one_epoch(
         n = labels.shape[0]
         seen += n
         total_loss += loss.detach().double() * n
-        correct += (logits.argmax(1) == labels).sum()
+        if accuracy:
+            correct += (logits.argmax(1) == labels).sum()
         if step == 0 and time_first_step:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -122,7 +125,7 @@ def train_one_epoch(
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{total_loss.item() / seen:.4f}",
-                acc=f"{correct.item() / seen:.3f}",
+                **({"acc": f"{correct.item() / seen:.3f}"} if accuracy else {}),
                 img_s=f"{seen / max(elapsed, 1e-9):.0f}",
             )
         if should_stop is not None and should_stop():

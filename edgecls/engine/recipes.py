@@ -43,6 +43,33 @@ RECIPES: dict[str, dict] = {
 RECIPE_FIELDS = tuple(RECIPES["kneron"])
 
 
+# Settings that mean nothing without a trained classifier head on whole batches of labelled images
+# (episodic and autoencoder training refuse them when given, and turn the recipe's off).
+CLASSIFIER_ONLY = {
+    "mixup": lambda v: v > 0,
+    "cutmix": lambda v: v > 0,
+    "freeze_backbone": lambda v: bool(v),
+    "probe_init": lambda v: bool(v),
+    "head_epochs": lambda v: bool(v),
+    "gradual_unfreeze": lambda v: bool(v),
+    "class_weights": lambda v: str(v).lower() != "none",
+    "lr": lambda v: v == "auto",
+}
+
+
+def refuse_given(cfg: TrainConfig, sources: dict, rules: dict, what: str) -> TrainConfig:
+    """A UserError for the first setting the user gave that `rules` refuse; the recipe's head-only steps
+    (probe_init, head epochs, gradual unfreezing) are turned off."""
+    from edgecls.errors import UserError
+
+    for name, bad in rules.items():
+        value = getattr(cfg, name)
+        if bad(value) and sources.get(name, "given") == "given":
+            raise UserError(f"{what}: `{name}` {value} does not apply; leave it out")
+    off = {name: False for name in ("probe_init", "gradual_unfreeze") if getattr(cfg, name)}
+    return replace(cfg, head_epochs=0, **off)
+
+
 def default_recipe(cfg: TrainConfig) -> str:
     """finetune when the run starts from pretrained weights, else scratch."""
     return "finetune" if (cfg.pretrained or cfg.snapshot) else "scratch"

@@ -110,8 +110,11 @@ CURVES_SIZE = (15.0, 4.5)  # inches at 100 dpi: curves.png is 1500 x 450 pixels
 
 
 def best_epoch(rows: list[dict]) -> int | None:
-    """The epoch best.pth holds: the first with the highest val top-1 (EarlyStopping's strict rule)."""
+    """The epoch best.pth holds: the first with the highest val top-1 (EarlyStopping's strict rule), or,
+    in a run without accuracies (an autoencoder), the first with the lowest val loss."""
     scored = [(float(r["val_top1"]), -int(r["epoch"])) for r in rows if r.get("val_top1") not in (None, "")]
+    if not scored:
+        scored = [(-float(r["val_loss"]), -int(r["epoch"])) for r in rows if r.get("val_loss") not in (None, "")]
     return -max(scored)[1] if scored else None
 
 
@@ -129,26 +132,33 @@ def plot_curves(rows: list[dict], path: Path, title: str = "", topk: int = 5) ->
     def series(key: str) -> list[float]:
         return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=CURVES_SIZE, layout="constrained")
+    accuracies = any(r.get("val_top1") not in (None, "") for r in rows)  # none in an autoencoder run
+    fig, axes = plt.subplots(1, 3 if accuracies else 2, figsize=CURVES_SIZE, layout="constrained")
+    ax1, ax2, ax3 = axes if accuracies else (axes[0], None, axes[1])
     ax1.plot(epochs, series("train_loss"), marker=".", label="train")
     ax1.plot(epochs, series("val_loss"), marker=".", label="val")
     ax1.set_ylabel("loss")
-    ax2.plot(epochs, series("train_acc"), marker=".", label="train top-1")
-    ax2.plot(epochs, series("val_top1"), marker=".", label="val top-1")
-    if topk > 1:
-        ax2.plot(epochs, series("val_topk"), marker=".", label=f"val top-{topk}", linestyle="--")
-    ax2.set_ylabel("accuracy")
+    if accuracies:
+        plot_accuracies(ax2, epochs, series, topk)
     ax3.plot(epochs, series("lr"), marker=".", color="tab:purple", label="learning rate (epoch start)")
     ax3.set_ylabel("learning rate")
     ax3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     best = best_epoch(rows)
-    for ax in (ax1, ax2, ax3):
+    for ax in [a for a in (ax1, ax2, ax3) if a is not None]:
         if best is not None:
             ax.axvline(best, color="0.35", linestyle=":", label=f"best epoch {best}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no fractional epochs on short runs
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
     fig.suptitle(title or path.parent.name)
     atomic_savefig(fig, path)
+
+
+def plot_accuracies(ax, epochs: list[int], series, topk: int) -> None:
+    ax.plot(epochs, series("train_acc"), marker=".", label="train top-1")
+    ax.plot(epochs, series("val_top1"), marker=".", label="val top-1")
+    if topk > 1:
+        ax.plot(epochs, series("val_topk"), marker=".", label=f"val top-{topk}", linestyle="--")
+    ax.set_ylabel("accuracy")
 
 
 def write_bad_files(report: str, path: Path) -> None:

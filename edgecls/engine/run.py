@@ -61,6 +61,7 @@ class RunResult:
     stop_reason: str | None
     classes: list[str]
     spec: str
+    best_val_loss: float | None = None  # the monitored figure of an autoencoder run (lower is better)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -72,6 +73,24 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     except (ImportError, OSError):
         return float("nan")
+
+
+def builder_kwargs(cfg: TrainConfig, spec, size: tuple[int, int]) -> dict:
+    """The builder's keyword arguments (recorded in every checkpoint): the settings', plus the input size
+    for builders whose layers depend on it (a named `input_size` parameter: classic-cnn, vit)."""
+    import inspect
+
+    kwargs = cfg.builder_kwargs()
+    if "input_size" in inspect.signature(spec.builder).parameters:
+        kwargs["input_size"] = [int(size[0]), int(size[1])]
+    unknown = [k for k in kwargs if not takes_kwarg(cfg.backbone, k)]
+    if unknown:
+        params = [p for p in inspect.signature(spec.builder).parameters if p not in ("num_classes", "pretrained")]
+        raise UserError(
+            f"`model_kwargs` {', '.join(unknown)}: {cfg.backbone} takes none of these; its arguments: "
+            f"{', '.join(params) or 'none'}"
+        )
+    return kwargs
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -106,6 +125,10 @@ def prepared_config(cfg: TrainConfig, resume_from: dict | None) -> tuple[TrainCo
         from edgecls.engine.episodic import prepare
 
         cfg = prepare(cfg, sources)
+    if cfg.task == "autoencoder":
+        from edgecls.engine.autoencoder import prepare
+
+        cfg = prepare(cfg, sources)
     return replace(cfg, model_name=cfg.model_name or cfg.backbone), sources
 
 
@@ -124,7 +147,9 @@ class Run:
         self.saved_epochs = 0  # epochs the run folder's last.pth holds
         self.stop_reason: str | None = None
         self.interrupted = False  # Ctrl-C (edgecls.engine.interrupt): the epoch in progress ends after its step
-        self.monitor = EarlyStopping(patience=cfg.patience)
+        # What best.pth and early stopping follow: val top-1, or the reconstruction loss of an autoencoder.
+        self.monitored = "val_loss" if cfg.task == "autoencoder" else "val_top1"
+        self.monitor = EarlyStopping(patience=cfg.patience, mode="min" if self.monitored == "val_loss" else "max")
         self.ema: ModelEma | None = None
         self.sources: dict = {}
         self._trainable = -1
@@ -152,6 +177,10 @@ class Run:
             from edgecls.engine.episodic import check_data
 
             check_data(run)
+        if cfg.task == "autoencoder":
+            from edgecls.engine.autoencoder import check_run
+
+            check_run(run)
         if resume_from is not None and resume_from["classes"] != run.classes:
             raise UserError(
                 f"`resume`: the dataset's classes {run.classes} differ from the checkpoint's {resume_from['classes']}"
@@ -172,7 +201,12 @@ class Run:
         cfg, ctx = self.cfg, self.ctx
         if ctx.enabled and ctx.rank != 0:
             dist_utils.barrier(ctx)  # rank 0 scans first; the others then read its verify cache
-        classes, splits = scan_dataset(cfg.data, splits=("train", "val"), workers=None)
+        if cfg.task == "autoencoder":
+            from edgecls.data.unlabelled import scan_unlabelled
+
+            classes, splits = scan_unlabelled(cfg.data)
+        else:
+            classes, splits = scan_dataset(cfg.data, splits=("train", "val"), workers=None)
         if ctx.enabled and ctx.rank == 0:
             dist_utils.barrier(ctx)
         self.classes, self.splits = classes, splits  # scan_dataset refused what training cannot use (data.checks)
@@ -187,8 +221,9 @@ class Run:
         self.spec = spec
         if cfg.dropout is not None and not takes_kwarg(cfg.backbone, "dropout"):
             raise UserError(f"`dropout` {cfg.dropout}: {cfg.backbone} has no dropout layer; leave `dropout` out")
+        self.model_kwargs = builder_kwargs(cfg, spec, size)
         self.model = create_model(
-            cfg.backbone, num_classes=len(self.classes), pretrained=cfg.pretrained, **cfg.builder_kwargs()
+            cfg.backbone, num_classes=len(self.classes), pretrained=cfg.pretrained, **self.model_kwargs
         )
         if cfg.snapshot and load_snapshot:
             skipped = load_initial_weights(self.model, cfg.snapshot)
@@ -205,6 +240,10 @@ class Run:
         if cfg.freeze_backbone and len(self.stages) < 2:
             raise UserError("`freeze_backbone`: this backbone has no separate head to keep trainable")
         self.criterion = make_loss(cfg, self.counts)  # a bad class_weights fails here, before any file is written
+        if cfg.task == "autoencoder":
+            from edgecls.engine.autoencoder import ReconstructionLoss
+
+            self.criterion = ReconstructionLoss(self.preprocess, cfg.recon_loss)
 
     def _place_model(self) -> None:
         self.model.to(self.device)
@@ -304,8 +343,12 @@ class Run:
 
             self.train_model = EpisodeModel(self.train_model, self.model, cfg.n_way, cfg.k_shot)
             self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing or 0.0).to(self.device)
+        if cfg.task == "autoencoder":  # images -> decoder logits (edgecls/engine/autoencoder.py)
+            from edgecls.engine.autoencoder import ReconstructionModel
+
+            self.train_model = ReconstructionModel(self.train_model)
         self.topk, capped = capped_topk(cfg.topk, len(self.classes))
-        if capped:
+        if capped and cfg.task != "autoencoder":
             self.log(f"topk {cfg.topk}: {capped}")
         self.recorder.describe_curves(f"{cfg.model_name} \u00b7 {self.recorder.run_dir.name}", self.topk)
 
@@ -376,6 +419,10 @@ class Run:
             loader = EpisodeLoader(self, epoch)
         else:
             loader = self.loaders.train(epoch)
+        if self.cfg.task == "autoencoder":
+            from edgecls.engine.autoencoder import SelfTargets
+
+            loader = SelfTargets(loader)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
@@ -387,6 +434,7 @@ class Run:
             time_first_step=first, mixer=self.mixer,
             after_step=(lambda: self.ema.update(self.model)) if self.ema is not None else None,
             should_stop=self._should_stop, keep_eval=self._frozen_batchnorms(self.model),
+            accuracy=self.cfg.task != "autoencoder",
         )  # fmt: skip
         if self.interrupted:
             return {}  # a part of an epoch: the loop records nothing of it
@@ -400,7 +448,7 @@ class Run:
         return {
             "epoch": epoch + 1,
             "train_loss": round(loss / seen, 6),
-            "train_acc": round(correct / seen, 6),
+            "train_acc": round(correct / seen, 6) if self.cfg.task != "autoencoder" else "",
             "lr": f"{lr:.6g}",
             "images_per_s": round(seen / max(stats.seconds, 1e-9), 1),
             "seconds": round(stats.seconds, 2),
@@ -431,6 +479,10 @@ class Run:
             from edgecls.engine.episodic import EpisodeModel, validate
 
             return validate(self, model.model if isinstance(model, EpisodeModel) else model)
+        if self.cfg.task == "autoencoder":  # reconstruction loss on val/
+            from edgecls.engine.autoencoder import ReconstructionModel, validate
+
+            return validate(self, model.model if isinstance(model, ReconstructionModel) else model)
         sums = evaluate(
             model, self.loaders.val(), self.device, topk=self.topk, amp=self.cfg.amp, channels_last=self.channels_last,
             should_stop=self._should_stop,
@@ -448,26 +500,32 @@ class Run:
         # The bare module under DDP: no collective ops, so ranks may hold different val batch counts.
         raw = self._evaluate(self.model if self.ctx.enabled else self.train_model)
         ema = self._evaluate(self.ema.module) if self.ema is not None else None
-        chosen, weights = (ema, "ema") if ema is not None and ema["top1"] > raw["top1"] else (raw, "raw")
+        chosen, weights = (ema, "ema") if ema is not None and self._better(ema, raw) else (raw, "raw")
         out = {f"val_{k}": v for k, v in chosen.items()}
         out.update({"val_top1_raw": raw["top1"], "val_top1_ema": ema["top1"] if ema else "", "weights": weights})
         return out
+
+    def _better(self, a: dict, b: dict) -> bool:
+        """Does evaluation `a` beat `b` on the monitored figure?"""
+        if self.monitored == "val_loss":
+            return a["loss"] < b["loss"]
+        return a["top1"] > b["top1"]
 
     def checkpoint(self, metrics: dict, weights: str = "raw") -> dict:
         """The model as a self-describing checkpoint (backbone, classes, preprocessing, data, recipe, metrics)."""
         cfg = self.cfg
         model = self.ema.module if weights == "ema" and self.ema is not None else self.model
         return make_checkpoint(
-            model, backbone=cfg.backbone, model_kwargs=cfg.builder_kwargs(), classes=self.classes,
+            model, backbone=cfg.backbone, model_kwargs=self.model_kwargs, classes=self.classes,
             preprocess=self.preprocess, metrics=metrics, model_name=cfg.model_name,
             data={"root": str(Path(cfg.data).resolve()), "train": str(self.splits["train"].root.resolve()),
                   "val": str(self.splits["val"].root.resolve())},
-            recipe=recipe_record(cfg, self.sources), task="episodic" if cfg.episodic else "classify",
+            recipe=recipe_record(cfg, self.sources), task="episodic" if cfg.episodic else cfg.task,
         )  # fmt: skip
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
         """Record the epoch: best-so-far, checkpoints, summary row, curves. Adds 'is_best' to metrics."""
-        metrics["is_best"] = self.monitor.step(metrics["val_top1"], epoch + 1)
+        metrics["is_best"] = self.monitor.step(metrics[self.monitored], epoch + 1)
         self.epochs_run += 1
         saved = {"val_top1": metrics["val_top1"], f"val_top{self.topk}": metrics["val_topk"],
                  "val_loss": metrics["val_loss"], "epoch": epoch + 1, "weights": metrics["weights"]}  # fmt: skip
@@ -476,6 +534,10 @@ class Run:
             best = self.checkpoint(saved, metrics["weights"]) if metrics["is_best"] else None
             last = self.checkpoint(saved, "raw")
             self.recorder.record_epoch(row, last, self.train_state(epoch), best)
+            if self.cfg.task == "autoencoder":
+                from edgecls.engine.autoencoder import save_reconstructions
+
+                save_reconstructions(self, self.model, self.recorder.path("reconstructions.png"))
         self.saved_epochs = epoch + 1
 
     def interrupt(self) -> None:
@@ -497,7 +559,9 @@ class Run:
 
     def result(self) -> RunResult:
         return RunResult(
-            run_dir=str(self.recorder.run_dir), best_top1=self.monitor.best, best_epoch=self.monitor.best_epoch,
+            run_dir=str(self.recorder.run_dir), best_epoch=self.monitor.best_epoch,
+            best_top1=self.monitor.best if self.monitored == "val_top1" else None,
+            best_val_loss=self.monitor.best if self.monitored == "val_loss" else None,
             epochs_run=self.epochs_run, stopped_early=self.stopped_early, stop_reason=self.stop_reason,
             classes=list(self.classes), spec=self.spec.name,
         )  # fmt: skip

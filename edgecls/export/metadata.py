@@ -22,7 +22,7 @@ from edgecls.data.presets import Preprocess
 from edgecls.errors import UserError
 
 FORMAT = "edgecls-onnx/1"
-KINDS = ("classifier", "embedding", "prototypes")
+KINDS = ("classifier", "embedding", "prototypes", "autoencoder")
 
 
 def write_metadata(

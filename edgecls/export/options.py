@@ -50,6 +50,14 @@ class ExportOptions:
         group=KIND,
         metavar="CAT_OR_SUPPORT_DIR",
     )
+    autoencoder_full: bool = setting(
+        False,
+        "a checkpoint of train.py --task autoencoder: export the whole autoencoder (images -> reconstructions in "
+        "[0, 1]; its final Sigmoid is not on the kl520 profile); without it such a checkpoint exports its encoder "
+        "(the pooled bottleneck, as --embedding)",
+        group=KIND,
+        kind=SWITCH,
+    )
     pretrained: bool = setting(
         False,
         "with --prototypes / --embedding: use --backbone's installed pretrained weights, no --snapshot",
@@ -99,6 +107,7 @@ class ExportOptions:
         parse=int,
         at_least=1,
     )
+    task: str | None = setting(None, "the checkpoint's training task (set by the pipeline)", cli=False)
     # ---- INT8
     quantize: str | None = setting(None, "also write an INT8 (QDQ) model", group=INT8, choices=("int8",))
     calib_dir: str | None = setting(None, "calibration images (e.g. DATASET/train)", group=INT8)
@@ -123,9 +132,20 @@ class ExportOptions:
             raise UserError(f"`snapshot` CHECKPOINT.pth is required{hint}")
         if self.pretrained and not self.save_path:
             raise UserError("`pretrained`: there is no checkpoint to name the output after; pass `save_path` FILE.onnx")
-        if self.softmax and (self.prototypes or self.embedding):
+        if self.autoencoder_full and (self.prototypes or self.embedding or self.pretrained):
+            raise UserError("`autoencoder_full`: for an autoencoder `snapshot`, without `embedding` / `prototypes`")
+        if self.autoencoder_full and self.task not in (None, "autoencoder"):
+            raise UserError(
+                f"`autoencoder_full`: {self.snapshot} is a {self.task} checkpoint, "
+                "not one from train.py --task autoencoder"
+            )
+        if self.softmax and (self.prototypes or self.embedding or self.task == "autoencoder"):
             raise UserError("`softmax`: only for classifier exports; the host tail applies it to prototype scores")
 
     @property
     def kind(self) -> str:
-        return "prototypes" if self.prototypes else "embedding" if self.embedding else "classifier"
+        if self.prototypes:
+            return "prototypes"
+        if self.embedding or (self.task == "autoencoder" and not self.autoencoder_full):
+            return "embedding"  # an autoencoder's classifier head is untrained: its encoder is what it offers
+        return "autoencoder" if self.task == "autoencoder" else "classifier"

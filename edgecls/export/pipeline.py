@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch.nn as nn
 
 from edgecls.data.layout import class_folders, walk_paths
 from edgecls.engine.checkpoint import LoadedModel, WeightsMismatch, is_edgecls_checkpoint, load_model, load_raw
@@ -74,8 +75,10 @@ class Images:
 
 def run_export(opts: ExportOptions) -> ExportResult:
     opts.check()
-    plan = prepare(opts)
     loaded = load_export_model(opts)
+    opts = replace(opts, task=(loaded.checkpoint or {}).get("task"))
+    opts.check()  # now that the task is known (autoencoder_full)
+    plan = prepare(opts)
     head = export_head(opts, loaded)
     images = verification_images(opts, loaded, head)
     res = ExportResult(loaded.backbone, len(head.classes), tuple(loaded.preprocess.input_size), opts.opset)
@@ -227,8 +230,8 @@ def export_head(opts: ExportOptions, loaded: LoadedModel) -> Head:
     sha = f"pretrained:{opts.backbone}" if opts.pretrained else file_sha256(opts.snapshot)
     if opts.kind == "classifier":
         return Head("classifier", list(loaded.classes), sha)
-    if opts.kind == "embedding":
-        return Head("embedding", [], sha)
+    if opts.kind in ("embedding", "autoencoder"):
+        return Head(opts.kind, [], sha)
     form, folder = prototype_source(opts.prototypes)
     if form == "support":
         return Head("prototypes", [], sha, temperature=opts.temperature, support=folder)
@@ -282,6 +285,9 @@ def head_step(opts: ExportOptions, loaded: LoadedModel, head: Head, res: ExportR
     if head.kind == "classifier":
         head.net = loaded.model
         return
+    if head.kind == "autoencoder":
+        head.net = Reconstruction(loaded.model).eval()
+        return
     from edgecls.embed.features import Embedder, _TorchFeatures, strip_head
 
     head.net, dim = strip_head(loaded.model)
@@ -319,6 +325,17 @@ def head_step(opts: ExportOptions, loaded: LoadedModel, head: Head, res: ExportR
         f"prototypes: {len(head.classes)} classes from {len(emb.paths)} support images in {head.support}"
         + (f" ({len(failed)} unreadable skipped)" if failed else "")
     )
+
+
+class Reconstruction(nn.Module):
+    """The whole autoencoder as one module: images -> reconstructions (pixels in [0, 1])."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.reconstruct(x)
 
 
 def export_step(loaded: LoadedModel, opts: ExportOptions, head: Head) -> tuple[onnx.ModelProto, ExportStep]:
@@ -363,10 +380,11 @@ def verify_step(
 ) -> tuple[VerifyStep, np.ndarray]:
     """5. onnx.checker, then ONNX Runtime against PyTorch on the images; also returns the FP32 ONNX outputs.
 
-    classifier: probabilities; embedding: per-image cosine of the features (>= verify.MIN_COSINE);
+    classifier: probabilities; embedding (and a whole autoencoder's reconstructions): per-image cosine of the
+    outputs (>= verify.MIN_COSINE);
     prototypes: softmax(T * cosine) from the torch features vs the ONNX file through the Predictor's tail."""
     verify.full_check(proto)
-    if head.kind == "embedding":
+    if head.kind in ("embedding", "autoencoder"):
         reference = verify.torch_features(head.net, images.inputs)
         fp32 = verify.onnx_features(verify.session(proto), images.inputs)
         return VerifyStep(verify.compare_cosine(reference, fp32, images.samples), images.source, "cosine"), fp32
@@ -393,7 +411,7 @@ def int8_step(
     int8 = quantize.quantize_int8(proto, verify.batch_tensor(plan.calib, loaded.preprocess))
     passes.drop_int32_zero_points(int8)
     sess = verify.session(int8)
-    if head.kind == "embedding":
+    if head.kind in ("embedding", "autoencoder"):
         q_feats = verify.onnx_features(sess, images.inputs)
         comparison = verify.compare_cosine(fp32, q_feats, images.samples, minimum=verify.INT8_MIN_COSINE)
     else:

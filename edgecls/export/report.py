@@ -163,7 +163,7 @@ def figures(res: ExportResult) -> dict:
         out["int8"] = {"bytes": q.bytes, "size_ratio": q.bytes / q.fp32_bytes, "fp32_top1": q.fp32_top1}
         out["int8"].update(int8_top1=q.comparison.onnx_top1, agreement_with_fp32=q.comparison.agreement)
         out["int8"].update(max_diff=q.comparison.max_diff, calib_images=q.calib_images)
-        if res.kind == "embedding":
+        if res.kind in ("embedding", "autoencoder"):
             out["int8"]["min_cosine"] = 1 - q.comparison.max_diff
     return out
 
@@ -179,6 +179,7 @@ def render(res: ExportResult) -> str:
     what = {
         "classifier": f"{res.classes} classes",
         "embedding": f"embedding ({res.dim}-d features)",
+        "autoencoder": "whole autoencoder (images -> reconstructions)",
         "prototypes": f"prototypes ({res.classes} classes, {res.dim}-d features)",
     }[res.kind]
     lines = [f"edgecls export: {res.backbone}, {what}, input 1x3x{h}x{w}, opset {res.opset}"]
@@ -275,9 +276,9 @@ def profile_lines(step: ProfileStep) -> list[str]:
 
 def int8_lines(step: Int8Step) -> list[str]:
     q, fp32_top1 = step.comparison, step.fp32_top1
-    if step.kind == "embedding":
+    if step.kind in ("embedding", "autoencoder"):
         return [
-            f"7. INT8 (QDQ, {step.calib_images} calibration images from {step.calib_dir}): features vs FP32 "
+            f"7. INT8 (QDQ, {step.calib_images} calibration images from {step.calib_dir}): outputs vs FP32 "
             f"lowest cosine {1 - q.max_diff:.4f}, {q.agree}/{q.count} images >= 0.99; size {step.fp32_bytes:,} "
             f"-> {step.bytes:,} bytes ({step.bytes / step.fp32_bytes:.2f}x)",
             f"   wrote {step.path}",

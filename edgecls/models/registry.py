@@ -71,7 +71,13 @@ def register_model(
 
 def _ensure_builtins() -> None:
     # Importing the family modules runs their @register_model decorators.
-    from edgecls.models import efficientnet, fp_classifier, torchvision_models  # noqa: F401
+    from edgecls.models import (  # noqa: F401
+        classic_cnn,
+        conv_autoencoder,
+        efficientnet,
+        fp_classifier,
+        torchvision_models,
+    )
 
 
 def list_models() -> list[str]:
