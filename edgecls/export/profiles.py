@@ -1,7 +1,9 @@
 """Chip profiles (data files under export/profiles/) and the pass/fail check of an ONNX graph against one.
 
 A profile lists the operators the chip's compiler runs, the opsets it reads, whether the batch
-must be fixed at 1 and the model-size limit. The check names each offending node and the fix.
+must be fixed at 1 and the model-size limit. The check names each offending node and the fix; a node that
+belongs to a transformer layer (LayerNorm, attention, GELU, token handling: see node_origins) is reported
+as that layer, since the fix is the layer's, not the operator's.
 """
 
 from __future__ import annotations
@@ -30,11 +32,36 @@ FIXES = {
     "ReduceMean": "use nn.AdaptiveAvgPool2d(1) for global pooling (exports as GlobalAveragePool)",
     "MatMul": "use nn.Linear on a flattened 2-D input (exports as Gemm)",
     "Dropout": "export in eval mode (edgecls removes Dropout)",
+    "LayerNormalization": "LayerNorm (one op at opset 17+): export at opset 13 decomposes it, which this chip "
+    "may not run either; use a BatchNorm backbone",
+    "Transpose": "a permute() / transpose() in the model definition: keep the NCHW layout up to the pooling",
+    "Split": "torch.chunk / split / unbind in the model definition: use separate layers",
     "Identity": "keep simplification on (removes Identity)",
     "QuantizeLinear": "check the FP32 file: this chip quantizes with its own toolchain",
     "DequantizeLinear": "check the FP32 file: this chip quantizes with its own toolchain",
 }
 DEFAULT_FIX = "replace the layer that produces it in the model definition with a supported one"
+
+# What to do about a node of a transformer layer (node_origins), whatever its operator.
+_NO_FIX = (
+    "no fix on this chip; run the transformer where one runs (a kl730-class NPU, or a CPU / GPU runtime: "
+    "--profile generic), or train a CNN backbone for this chip"
+)
+ORIGIN_FIXES = {
+    "LayerNorm": "LayerNorm (ReduceMean, Sub, Pow, Sqrt, Div at opset 13; LayerNormalization at 17): " + _NO_FIX,
+    "attention": "self-attention (MatMul of two activations, Softmax over the tokens): " + _NO_FIX,
+    "GELU": "a transformer MLP's GELU (NPU surgery keeps it: ReLU would change what a transformer computes): "
+    + _NO_FIX,
+    "tokens": "a transformer's token handling (Linear layers on the token sequence as MatMul, splitting q/k/v "
+    "and heads, picking the class token): " + _NO_FIX,
+}
+# A Sigmoid whose output is the graph's output: an autoencoder's reconstruction, not Swish.
+OUTPUT_SIGMOID_FIX = (
+    "the Sigmoid on the model's output (an autoencoder's reconstruction in [0, 1]): export the encoder (leave out "
+    "--autoencoder-full), or run the whole autoencoder where Sigmoid runs (--profile generic)"
+)
+# Operators that only move or pick tokens, in a transformer's graph.
+_TOKEN_OPS = {"MatMul", "Transpose", "Split", "Squeeze", "Unsqueeze", "Gather", "Slice", "Reshape", "Concat"}
 
 
 @dataclass
@@ -60,16 +87,29 @@ class CheckRow:
 class ProfileResult:
     profile: Profile
     rows: list[CheckRow] = field(default_factory=list)
+    unsupported: dict[str, int] = field(default_factory=dict)  # op type -> nodes of it the chip does not run
 
     @property
     def passed(self) -> bool:
         return all(r.ok for r in self.rows)
 
+    def verdict(self) -> str:
+        """One line: PASS, or what failed (the unsupported operators, then the other checks)."""
+        if self.passed:
+            return f"profile {self.profile.name}: PASS"
+        parts = []
+        if self.unsupported:
+            count, ops = sum(self.unsupported.values()), ", ".join(sorted(self.unsupported))
+            parts.append(f"{count} node(s) of {len(self.unsupported)} operator(s) the chip does not run ({ops})")
+        parts += [row.check for row in self.rows if not row.ok and row.check != "operator"]
+        return f"profile {self.profile.name}: FAILED: {'; '.join(parts)}"
+
     def table(self) -> str:
         lines = [f"profile {self.profile.name} ({self.profile.chip}): {'PASS' if self.passed else 'FAIL'}"]
-        for row in self.rows:
+        for i, row in enumerate(self.rows):
             lines.append(f"  [{'pass' if row.ok else 'FAIL'}] {row.check:<14} {row.detail}")
-            if not row.ok and row.fix:
+            last_of_its_fix = i + 1 == len(self.rows) or self.rows[i + 1].fix != row.fix
+            if not row.ok and row.fix and last_of_its_fix:  # one fix line under rows that share it
                 lines.append(f"         fix: {row.fix}")
         return "\n".join(lines)
 
@@ -117,20 +157,82 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def _layernorm_nodes(nodes: list, producer: dict, consumers: dict) -> set[str]:
+    """Names of the nodes of LayerNorms: LayerNormalization, or the opset-13 chain the TorchScript exporter
+    writes: m = ReduceMean(x); d = Sub(x, m); Div(d, Sqrt(Add(ReduceMean(Pow(d, 2)), eps)))."""
+    found = {n.name for n in nodes if n.op_type == "LayerNormalization"}
+    for sub in (n for n in nodes if n.op_type == "Sub" and len(n.input) == 2):
+        mean = producer.get(sub.input[1])
+        if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != sub.input[0]:
+            continue
+        chain, tensor = [mean, sub], sub.output[0]
+        for op in ("Pow", "ReduceMean", "Add", "Sqrt", "Div"):
+            step = next((c for c in consumers.get(tensor, []) if c.op_type == op), None)
+            if step is None:
+                break
+            chain.append(step)
+            tensor = step.output[0]
+        if chain[-1].op_type == "Div" and chain[-1].input[0] == sub.output[0]:
+            found.update(n.name for n in chain)
+    return found
+
+
+def node_origins(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> the transformer layer it belongs to ("LayerNorm", "attention", "GELU", "tokens"); nodes of
+    other graphs (a CNN's) are absent. Attention: a MatMul of two activations, and a Softmax feeding one."""
+    nodes = list(model.graph.node)
+    weights = {i.name for i in model.graph.initializer}
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    origins = dict.fromkeys(_layernorm_nodes(nodes, producer, consumers), "LayerNorm")
+    for node in nodes:
+        if node.op_type == "MatMul" and not any(i in weights for i in node.input):
+            origins[node.name] = "attention"
+        elif node.op_type == "Softmax" and any(c.op_type == "MatMul" for c in consumers.get(node.output[0], [])):
+            origins[node.name] = "attention"
+    if not origins:
+        return {}  # not a transformer: every operator keeps its own fix
+    for node in nodes:
+        if node.op_type == "Erf":
+            origins[node.name] = "GELU"
+            before = producer.get(node.input[0])
+            if before is not None and before.op_type == "Div":  # GELU(x) = x * 0.5 * (1 + erf(x / sqrt 2))
+                origins[before.name] = "GELU"
+        elif node.op_type in _TOKEN_OPS and node.name not in origins:
+            origins[node.name] = "tokens"
+    return origins
+
+
+def _operator_rows(model: onnx.ModelProto, profile: Profile, result: ProfileResult) -> None:
+    """One failing row per (layer, operator), naming its nodes; a pass row when every node is supported."""
+    bad_nodes = [n for n in model.graph.node if n.op_type not in profile.ops]
+    if not bad_nodes:
+        result.rows.append(CheckRow("operators", True, f"all {len(model.graph.node)} nodes use supported ops"))
+        return
+    origins = node_origins(model)
+    outputs = {o.name for o in model.graph.output}
+    for node in bad_nodes:
+        if node.op_type == "Sigmoid" and node.output[0] in outputs:
+            origins[node.name] = "output"
+    groups: dict[tuple[str, str], list[str]] = {}
+    for node in bad_nodes:
+        origin = origins.get(node.name, "")
+        groups.setdefault((origin, node.op_type), []).append(node.name or "(unnamed)")
+        result.unsupported[node.op_type] = result.unsupported.get(node.op_type, 0) + 1
+    layer_order = ["", "output", *ORIGIN_FIXES]
+    for (origin, op), names in sorted(groups.items(), key=lambda kv: (layer_order.index(kv[0][0]), kv[0][1])):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        what = f" ({origin})" if origin else ""
+        fix = {"": FIXES.get(op, DEFAULT_FIX), "output": OUTPUT_SIGMOID_FIX}.get(origin) or ORIGIN_FIXES[origin]
+        result.rows.append(CheckRow("operator", False, f"{op} not supported{what}: {len(names)} node(s) {shown}", fix))
+
+
 def check_profile(model: onnx.ModelProto, profile: Profile) -> ProfileResult:
     result = ProfileResult(profile)
-    bad_nodes = [n for n in model.graph.node if n.op_type not in profile.ops]
-    if bad_nodes:
-        by_op: dict[str, list[str]] = {}
-        for node in bad_nodes:
-            by_op.setdefault(node.op_type, []).append(node.name or "(unnamed)")
-        for op, names in sorted(by_op.items()):
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            result.rows.append(
-                CheckRow("operator", False, f"{op} not supported: node(s) {shown}", FIXES.get(op, DEFAULT_FIX))
-            )
-    else:
-        result.rows.append(CheckRow("operators", True, f"all {len(model.graph.node)} nodes use supported ops"))
+    _operator_rows(model, profile, result)
     opset = _opset(model)
     result.rows.append(
         CheckRow(

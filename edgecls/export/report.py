@@ -200,7 +200,11 @@ def render(res: ExportResult) -> str:
     if res.int8 is not None:
         lines += int8_lines(res.int8)
     lines += [f"note: {n}" for n in res.notes]
-    lines.append(f"result: {'OK' if res.ok else 'FAILED (see the profile table above)'}")
+    if res.ok:
+        lines.append("result: OK")
+    else:
+        failed = res.profile.check.verdict() if res.profile is not None else "see above"
+        lines.append(f"result: FAILED ({failed}; the table above names the nodes and the fixes)")
     return "\n".join(lines)
 
 

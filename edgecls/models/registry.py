@@ -77,6 +77,7 @@ def _ensure_builtins() -> None:
         efficientnet,
         fp_classifier,
         torchvision_models,
+        vit,
     )
 
 
