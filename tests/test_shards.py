@@ -225,8 +225,9 @@ def test_streamed_shards_are_seeded_and_resume_exactly(packed, tmp_path, augment
     resume(interrupted)
     assert summary(interrupted) == summary(straight)
     rows = summary(straight)
-    if augment == "none":  # (three epochs of a few jittered images are too noisy to compare losses)
-        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
+    # It learns: the val loss, measured without augmentation or dropout, falls (the train loss of three
+    # epochs of 96 flipped and cropped images is too noisy to compare).
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
 
 
 def test_streaming_refuses_fewer_shards_than_workers(small, tmp_path, capsys):
