@@ -122,3 +122,44 @@ def test_model_file_precision_and_a_small_image_drawn_large(page, server, traine
     box = page.eval_on_selector("#preview", "img => [img.getBoundingClientRect().width, img.clientHeight]")
     assert natural == [32, 32] and min(box) >= 120, f"a {natural} image drawn at {box} px"
     assert page.eval_on_selector("#preview", "img => getComputedStyle(img).imageRendering") == "pixelated"
+
+
+@pytest.fixture(scope="module")
+def catalog_server(digits_dir, trained_ckpt, tmp_path_factory):
+    """serve.py --catalog: digits 0-3, 6 real images each, embedded by the served checkpoint."""
+    from conftest import copy_digits
+
+    from edgecls.cli.catalog import cli
+
+    root = copy_digits(digits_dir, tmp_path_factory.mktemp("page_cat") / "d", digits="0123", n_train=6, n_val=2)
+    cat = root / "CAT"
+    assert cli(["build", str(root / "train"), "--model", str(trained_ckpt), "--out", str(cat), "--no-progress"]) == 0
+    proc, url = start_server(trained_ckpt, "--catalog", str(cat), "--no-access-log")
+    yield url, cat
+    stop_server(proc)
+
+
+def test_search_view_shows_the_nearest_products_and_their_images(page, catalog_server):
+    from edgecls.embed.store import Embeddings
+
+    url, cat = catalog_server
+    emb = Embeddings.load(cat / "embeddings")
+    query = cat / emb.paths[emb.labels.index("2")]  # a catalog image: its own copy is the nearest
+    before = len(page.requests_seen)  # the page is shared with the tests of the plain server
+    page.goto(f"{url}/")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('FP_classifier')")
+    assert page.is_hidden("#search-view")
+    page.fill("#topk", "3")
+    page.set_input_files("#file-input", str(query))
+    page.wait_for_selector("#search-view:not([hidden])")
+    products = page.eval_on_selector_all("#products li", "items => items.map(li => li.textContent)")
+    assert len(products) == 3 and products[0].startswith("2 (")
+    scores = [float(p.split("(")[1].rstrip(")")) for p in products]
+    assert scores == sorted(scores, reverse=True)
+    assert page.eval_on_selector_all("#matches li", "items => items.length") == 3
+    page.wait_for_function("[...document.querySelectorAll('#matches img')].every(i => i.complete && i.naturalWidth)")
+    first = page.eval_on_selector("#matches img", "img => [img.alt, img.naturalWidth, new URL(img.src).host]")
+    assert first[0] == "2" and first[1] == 32 and first[2] == url.split("//")[1]  # a thumbnail the app served
+    assert "1.000" in page.text_content("#matches li span")
+    for seen in page.requests_seen[before:]:
+        assert seen.startswith(url) or seen.startswith(("blob:", "data:")), f"the page fetched {seen}"
