@@ -7,6 +7,7 @@ categories, so a recipe tuned on one is checked on the other:
 
     tune:    town, vehicles, household, clothes, seasonal, money       (6 classes, ~196 images)
     heldout: birds, mammals, food, plants, space                       (5 classes, ~205 images)
+    all:     both sets together, each class split as in its own set     (11 classes, ~400 images)
 
 Each class is split by image, seeded, about 78% train / 22% val (no image in both).
 
@@ -30,6 +31,7 @@ SETS = {
     "heldout": {"birds": "animals/birds", "mammals": "animals/mammals", "food": "food", "plants": "plants",
                 "space": "space"},
 }  # fmt: skip
+SETS["all"] = {**SETS["tune"], **SETS["heldout"]}  # the same per-class splits, side by side (11 classes)
 VAL_FRACTION = 0.22
 
 
