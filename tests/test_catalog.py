@@ -12,9 +12,18 @@ from conftest import copy_digits, run_cmd
 
 from edgecls.cli.catalog import cli
 from edgecls.embed.catalog import Catalog
-from edgecls.embed.index import ExactIndex, HnswIndex, recall_at_k
+from edgecls.embed.index import (
+    PROJECTION_VARIANCE,
+    ExactIndex,
+    HnswIndex,
+    Projection,
+    RerankedIndex,
+    projection_path,
+    recall_at_k,
+)
 from edgecls.embed.prototypes import compute_prototypes, read_catalog_prototypes
 from edgecls.embed.store import Embeddings
+from edgecls.errors import UserError
 from edgecls.evaluation import read_predictions
 
 
@@ -174,6 +183,45 @@ def test_hnsw_save_load_and_recall(full_cat, tmp_path):
     assert recall_at_k(reranked_keys, exact_keys) >= 0.95
     found = reranked_keys == exact_keys
     np.testing.assert_allclose(reranked_scores[found], exact_scores[found], atol=1e-5)
+
+
+def test_hnsw_on_a_pca_projection(shop, full_cat, trained_ckpt, tmp_path):
+    """The graph walks the leading PCA directions of real embeddings; re-scored exactly, it finds the exact
+    neighbours. The projection is saved beside the graph and hashed in the catalog's manifest."""
+    from edgecls.embed.catalog import build_catalog
+    from edgecls.embed.features import Embedder
+
+    cat = Catalog.open(full_cat)
+    vecs = cat.embeddings.vectors
+    index = HnswIndex.build(vecs, cat.keys, project_from=0)
+    proj = index.projection
+    assert proj is not None and proj.dim < vecs.shape[1] // 2 and index.index.ndim == proj.dim
+    centred = vecs - vecs.mean(axis=0)
+    kept = np.linalg.norm(centred @ proj.basis) ** 2 / np.linalg.norm(centred) ** 2
+    assert kept >= PROJECTION_VARIANCE - 1e-6  # the share of the variance Projection.fit promised
+    queries = vecs + 0.05 * np.random.default_rng(1).standard_normal(vecs.shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact_scores, exact_keys = ExactIndex(vecs, cat.keys).search(queries, 5)
+    scores, keys = RerankedIndex(index, vecs, cat.keys, candidates=15).search(queries, 5)
+    assert recall_at_k(keys, exact_keys) >= 0.95
+    found = keys == exact_keys
+    np.testing.assert_allclose(scores[found], exact_scores[found], atol=1e-5)
+    index.save(tmp_path / "g.usearch")
+    loaded = HnswIndex.load(tmp_path / "g.usearch", cat.dim)
+    np.testing.assert_array_equal(loaded.projection.basis, proj.basis)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
+    assert HnswIndex.build(vecs, cat.keys).projection is None  # 34 vectors: under PROJECTION_MIN_ROWS
+    noise = np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)
+    assert Projection.fit(noise / np.linalg.norm(noise, axis=1, keepdims=True)) is None  # no low dimension
+
+    built = build_catalog(shop / "full", Embedder.load(str(trained_ckpt)), tmp_path / "PCAT", model=str(trained_ckpt),
+                          index="hnsw", hnsw_kw={"project_from": 0})  # fmt: skip
+    side = projection_path(built.folder / "index.usearch")
+    assert side.is_file() and side.name in json.loads((built.folder / "manifest.json").read_text())["files"]
+    assert Catalog.open(built.folder).hnsw.projection.dim == built.hnsw.projection.dim
+    side.write_bytes(side.read_bytes()[:-8])
+    with pytest.raises(UserError, match="does not match"):
+        Catalog.open(built.folder)
 
 
 def test_force_rules(shop, trained_ckpt, tmp_path, capsys):

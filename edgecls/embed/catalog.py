@@ -8,6 +8,7 @@
     CAT/keys.npy         one int64 key per embedding row (the HNSW key; it survives adds and removes)
     CAT/images/<product>/<file>  copies of the catalog images
     CAT/index.usearch    the HNSW graph, when built with index="hnsw"
+    CAT/index.usearch.projection.npz  the PCA the graph walks in, when it was built on enough vectors (index.py)
 
 Every file is written atomically and the manifest last: it is the commit point, and it records each data
 file's sha256, so a catalog whose update was cut short is reported rather than silently mixed. A new catalog
@@ -34,7 +35,7 @@ from edgecls.atomic import atomic_copy, atomic_write_bytes, atomic_write_text
 from edgecls.data.images import has_image_extension
 from edgecls.data.layout import class_folders, is_hidden, walk_files
 from edgecls.embed.features import Embedder, describe, same_model
-from edgecls.embed.index import ExactIndex, HnswIndex, RerankedIndex
+from edgecls.embed.index import ExactIndex, HnswIndex, RerankedIndex, projection_path
 from edgecls.embed.prototypes import compute_prototypes, cosine_scores
 from edgecls.embed.store import Embeddings
 from edgecls.errors import UserError
@@ -105,9 +106,11 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def _data_files(folder: Path, hnsw: bool) -> list[str]:
+def _data_files(folder: Path, hnsw: HnswIndex | None) -> list[str]:
     names = [PROTOTYPES, EMBEDDINGS + ".npy", EMBEDDINGS + ".json", KEYS]
-    return names + [INDEX] if hnsw else names
+    if hnsw is None:
+        return names
+    return names + [INDEX] + ([projection_path(INDEX).name] if hnsw.projection is not None else [])
 
 
 def is_catalog(folder: str | Path) -> bool:
@@ -175,7 +178,7 @@ class Catalog:
         if self.hnsw is not None:
             self.hnsw.save(f / INDEX)
         self.manifest["count"] = len(self.embeddings.paths)
-        self.manifest["files"] = {name: _sha256(f / name) for name in _data_files(f, self.hnsw is not None)}
+        self.manifest["files"] = {name: _sha256(f / name) for name in _data_files(f, self.hnsw)}
         atomic_write_text(json.dumps(self.manifest, indent=1) + "\n", f / MANIFEST)
 
     # ---- search
